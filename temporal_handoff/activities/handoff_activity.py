@@ -1,0 +1,91 @@
+"""The `build_handoff` activity: build the document and pack its prompt with tiktoken."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from temporal_handoff.activities.tokenizer import count_tokens
+from temporal_handoff.schemas.config import CompressionLevel
+from temporal_handoff.schemas.handoff import (
+    HandoffContext,
+    HandoffPayload,
+    build_document,
+    default_budgets,
+    render_prompt,
+)
+from temporal_handoff.schemas.project import ProjectState
+
+__all__ = ["BuildHandoffInput", "build_handoff", "render_payload", "PAYLOAD_TOO_LARGE"]
+
+PAYLOAD_TOO_LARGE = "HandoffPayloadTooLarge"
+"""ApplicationError type raised when the serialized payload exceeds the cap."""
+
+
+class BuildHandoffInput(BaseModel):
+    """Input of the `build_handoff` activity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: ProjectState
+    context: HandoffContext
+    level: CompressionLevel = CompressionLevel.STANDARD
+    budgets: dict[CompressionLevel, int] = Field(default_factory=default_budgets)
+    """Token budget per level; levels left out keep their defaults."""
+    calibration: float = Field(default=1.0, gt=0)
+    """Multiplier from tiktoken counts to the model's tokens."""
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1)
+
+    @field_validator("budgets")
+    @classmethod
+    def _complete_budgets(cls, v: dict[CompressionLevel, int]) -> dict[CompressionLevel, int]:
+        out = default_budgets()
+        for level, budget in v.items():
+            if budget < 50:
+                raise ValueError(f"budget for level '{level.value}' must be ≥ 50 tokens")
+            out[level] = budget
+        return out
+
+
+def render_payload(inp: BuildHandoffInput) -> HandoffPayload:
+    """Build the document and render it within budget (sync; tiktoken counts × calibration)."""
+    doc = build_document(inp.state, inp.context)
+    return render_prompt(
+        doc,
+        level=inp.level,
+        budgets=inp.budgets,
+        count=count_tokens,
+        calibration=inp.calibration,
+    )
+
+
+@activity.defn(name="build_handoff")
+async def build_handoff(inp: BuildHandoffInput) -> HandoffPayload:
+    """Build the handoff payload for a session's successor.
+
+    Args:
+        inp: State, context, level, budgets and calibration.
+
+    Returns:
+        The payload; ``prompt_tokens`` never exceeds ``budget``.
+
+    Raises:
+        ApplicationError: type ``HandoffPayloadTooLarge`` (non-retryable) when the
+            serialized payload exceeds ``max_payload_bytes``; retrying cannot help.
+    """
+    payload = render_payload(inp)
+    size = len(payload.model_dump_json().encode("utf-8"))
+    if size > inp.max_payload_bytes:
+        raise ApplicationError(
+            f"handoff payload for session {inp.context.session_id!r} generation "
+            f"{inp.context.generation} is {size:,} bytes, over max_payload_bytes="
+            f"{inp.max_payload_bytes:,} (critical sections: "
+            f"{len(payload.document.open_blockers)} open blockers, "
+            f"{len(payload.document.failed_tasks)} failed tasks, "
+            f"{len(payload.document.next_eligible)} eligible tasks)",
+            type=PAYLOAD_TOO_LARGE,
+            non_retryable=True,
+        )
+    activity.logger.info("handoff payload: %s (%d bytes)", payload.summary(), size)
+    return payload

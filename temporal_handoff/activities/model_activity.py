@@ -1,0 +1,194 @@
+"""The Anthropic call, as Temporal activities.
+
+`AsyncAnthropic` is built here from the worker's environment (`ANTHROPIC_API_KEY`,
+`ANTHROPIC_BASE_URL`), never in workflow code and never passed through history, with
+`max_retries=0`: Temporal owns retries, so each attempt is visible in history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from datetime import timedelta
+from typing import Any
+
+import anthropic
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from temporal_handoff.activities.tokenizer import count_tokens
+from temporal_handoff.schemas.model_io import (
+    ModelInfoRequest,
+    ModelInfoResult,
+    ModelRequest,
+    ModelResponse,
+    message_text,
+    prompt_text,
+)
+from temporal_handoff.schemas.tokens import TokenUsage, fallback_context_window
+
+RETRYABLE_STATUS = {408, 409, 429}
+"""Plus every status ≥ 500 (the SDK's own rule)."""
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds), as the SDK reads them."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    sec = headers.get("retry-after")
+    if sec is not None:
+        try:
+            return float(sec)
+        except ValueError:
+            return None
+    return None
+
+
+def map_api_error(err: Exception) -> ApplicationError:
+    """Translate an SDK error into a Temporal ApplicationError with the right retry policy.
+
+    Honour `x-should-retry`; else retry 408/409/429/≥500 and connection errors (with
+    `next_retry_delay` from `retry-after`), and fail fast on everything else with the
+    API's own message.
+    """
+    if isinstance(err, anthropic.APIStatusError):
+        status = err.status_code
+        headers = err.response.headers
+        should = headers.get("x-should-retry")
+        if should == "true":
+            retryable = True
+        elif should == "false":
+            retryable = False
+        else:
+            retryable = status in RETRYABLE_STATUS or status >= 500
+        delay = retry_after_seconds(headers)
+        message = err.api_message or str(err)
+        return ApplicationError(
+            f"Anthropic API {status}: {message}",
+            {"status": status, "message": message, "type": err.type},
+            type=f"AnthropicStatus{status}",
+            non_retryable=not retryable,
+            next_retry_delay=timedelta(seconds=delay) if retryable and delay else None,
+        )
+    if isinstance(err, anthropic.APIConnectionError):
+        return ApplicationError(
+            f"Anthropic connection error: {err}", type="AnthropicConnectionError"
+        )
+    return ApplicationError(f"{type(err).__name__}: {err}", type=type(err).__name__)
+
+
+def _usage(raw: Any) -> TokenUsage:
+    return TokenUsage(
+        input_tokens=getattr(raw, "input_tokens", 0) or 0,
+        output_tokens=getattr(raw, "output_tokens", 0) or 0,
+        cache_creation_input_tokens=getattr(raw, "cache_creation_input_tokens", 0) or 0,
+        cache_read_input_tokens=getattr(raw, "cache_read_input_tokens", 0) or 0,
+    )
+
+
+class ModelActivities:
+    """Model activities sharing one client per worker process.
+
+    Args:
+        client: an `AsyncAnthropic`; by default built lazily from the environment.
+        heartbeat_every_s: heartbeat interval while streaming.
+    """
+
+    def __init__(
+        self, client: anthropic.AsyncAnthropic | None = None, heartbeat_every_s: float = 5.0
+    ) -> None:
+        self._client = client
+        self._heartbeat_every_s = heartbeat_every_s
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            # Secrets come from the worker's environment only; `api_key=None` lets the
+            # SDK read ANTHROPIC_API_KEY itself so the value never passes through us.
+            self._client = anthropic.AsyncAnthropic(
+                max_retries=0,
+                base_url=os.environ.get("ANTHROPIC_BASE_URL") or None,
+                api_key=os.environ.get("ANTHROPIC_API_KEY") or "no-key-fake-server",
+            )
+        return self._client
+
+    @activity.defn(name="call_model")
+    async def call_model(self, req: ModelRequest) -> ModelResponse:
+        """One Messages API call with a pre-flight context check."""
+        if req.new_from_index == 0:
+            new_text = prompt_text(req.messages, req.system, [t.model_dump() for t in req.tools])
+        else:
+            new_text = "\n".join(message_text(m) for m in req.messages[req.new_from_index :])
+        raw_new = count_tokens(new_text)
+        estimate = req.known_occupancy + math.ceil(raw_new * req.calibration)
+        if req.preflight_limit is not None and estimate > req.preflight_limit:
+            return ModelResponse(
+                estimated_new_tokens=raw_new,
+                estimated_prompt_tokens=estimate,
+                preflight_refused=True,
+                model=req.model,
+            )
+        kwargs: dict[str, Any] = {
+            "model": req.model,
+            "max_tokens": req.max_tokens,
+            "messages": req.messages,
+            "metadata": {"user_id": activity.info().workflow_id or "session"},
+        }
+        if req.system:
+            kwargs["system"] = req.system
+        if req.tools:
+            kwargs["tools"] = [t.model_dump() for t in req.tools]
+        streamed = req.max_tokens > req.stream_threshold
+        try:
+            if streamed:
+                message = await self._stream(kwargs)
+            else:
+                message = await self.client.messages.create(**kwargs)
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:
+            raise map_api_error(err) from None
+        return ModelResponse(
+            content=[b.model_dump(exclude_none=True) for b in message.content],
+            usage=_usage(message.usage),
+            stop_reason=message.stop_reason,
+            model=message.model,
+            estimated_new_tokens=raw_new,
+            estimated_prompt_tokens=estimate,
+            streamed=streamed,
+        )
+
+    async def _stream(self, kwargs: dict[str, Any]) -> Any:
+        """Stream (SSE) with heartbeats: the SDK refuses long non-streaming calls."""
+        async with self.client.messages.stream(**kwargs) as stream:
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            async for _event in stream:
+                now = loop.time()
+                if now - last >= self._heartbeat_every_s:
+                    activity.heartbeat()
+                    last = now
+            return await stream.get_final_message()
+
+    @activity.defn(name="model_info")
+    async def model_info(self, req: ModelInfoRequest) -> ModelInfoResult:
+        """Context window: config override, else the Models API, else the built-in table."""
+        if req.override:
+            return ModelInfoResult(model=req.model, context_window=req.override, source="config")
+        try:
+            info = await self.client.models.retrieve(req.model)
+            window = getattr(info, "max_input_tokens", None)
+            if window:
+                return ModelInfoResult(
+                    model=req.model, context_window=int(window), source="models_api"
+                )
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:
+            activity.logger.info("Models API unavailable for %s (%s); using table", req.model, err)
+        return ModelInfoResult(
+            model=req.model, context_window=fallback_context_window(req.model), source="table"
+        )

@@ -1,0 +1,72 @@
+"""`recall`: read a predecessor generation's state back out of Temporal.
+
+The compact handoff leaves details out; nothing is lost because every generation's
+input (the full project state) is in its run's history. This activity fetches that
+history with the worker's client and returns the requested section as text.
+"""
+
+from __future__ import annotations
+
+import json
+
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.exceptions import ApplicationError
+
+from temporal_handoff.schemas.events import RecallRequest
+from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.session import SessionInput
+
+SECTIONS = (
+    "tasks", "decisions", "blockers", "files", "todos", "errors", "environment",
+    "human_messages", "milestones", "rejected_alternatives",
+)
+
+
+def section_text(state: ProjectState, section: str, ids: list[str], max_chars: int) -> str:
+    """JSON text of one section of a project state, optionally filtered by ids."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}; choose one of {', '.join(SECTIONS)}")
+    data = state.model_dump(mode="json")[section]
+    if ids:
+        wanted = set(ids)
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k in wanted}
+        elif isinstance(data, list):
+            data = [x for x in data if isinstance(x, dict) and x.get("id") in wanted]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    if len(text) > max_chars:
+        text = text[:max_chars] + f"… ({len(text) - max_chars} more chars; narrow with ids)"
+    return text
+
+
+async def load_generation_input(session_id: str, run_id: str) -> SessionInput:
+    """The `SessionInput` a run started with, decoded from its history."""
+    client = activity.client()
+    handle = client.get_workflow_handle(session_id, run_id=run_id)
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            values = await client.data_converter.decode(payloads, [SessionInput])
+            return values[0]
+        break
+    raise ApplicationError(f"run {run_id} of {session_id} has no start event", non_retryable=True)
+
+
+@activity.defn(name="recall")
+async def recall(req: RecallRequest) -> str:
+    """The state as generation `req.generation` left it (the next run's input)."""
+    runs = {r.generation: r for r in req.lineage}
+    ref = runs.get(req.generation + 1) or runs.get(req.generation)
+    if ref is None:
+        known = ", ".join(str(g) for g in sorted(runs)) or "none"
+        raise ApplicationError(
+            f"no generation {req.generation} in this session (known: {known})",
+            type="RecallNotFound",
+            non_retryable=True,
+        )
+    inp = await load_generation_input(req.session_id, ref.run_id)
+    try:
+        return section_text(inp.project, req.section, req.ids, req.max_chars)
+    except ValueError as err:
+        raise ApplicationError(str(err), type="RecallBadSection", non_retryable=True) from None

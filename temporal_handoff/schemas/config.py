@@ -1,0 +1,100 @@
+"""Session configuration: validated eagerly so a typo fails at start, not in a workflow task."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from temporal_handoff.schemas.model_io import ToolSpec
+
+
+class CompressionLevel(str, Enum):
+    MINIMAL = "minimal"
+    STANDARD = "standard"
+    FULL = "full"
+
+
+STATE_TOOL_NAMES = (
+    "complete_task", "fail_task", "record_decision", "add_blocker", "note_file", "add_todo",
+    "set_phase",
+)
+
+DEFAULT_LEVEL_BUDGETS: dict[str, int] = {"minimal": 500, "standard": 1200, "full": 2000}
+
+
+class SessionConfig(BaseModel):
+    """How one agent session runs. Every field is validated; errors name the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default="claude-sonnet-4-5", min_length=1, max_length=128)
+    """Model id for generation 0."""
+    successor_model: str | None = Field(default=None, min_length=1, max_length=128)
+    """Model id for generations ≥ 1 (defaults to `model`)."""
+    context_window: int | None = Field(default=None, ge=1_000, le=10_000_000)
+    """Override of the model's context window (tokens)."""
+    warn_threshold: float = Field(default=0.75, gt=0, lt=1)
+    """Context fraction that starts the handoff child (WARNING)."""
+    handoff_threshold: float = Field(default=0.90, gt=0, le=1)
+    """Context fraction at which the session hands off (CRITICAL → seal)."""
+    max_generations: int = Field(default=20, ge=1, le=10_000)
+    """Loop guard: the session stops rather than start generation `max_generations`."""
+    compression_level: CompressionLevel = CompressionLevel.STANDARD
+    level_budgets: dict[CompressionLevel, int] = Field(
+        default_factory=lambda: {CompressionLevel(k): v for k, v in DEFAULT_LEVEL_BUDGETS.items()}
+    )
+    """Token budget of the continuation prompt per compression level."""
+    token_budget: int | None = Field(default=None, ge=1)
+    """Stop with BUDGET_EXHAUSTED once cumulative tokens reach this."""
+    usd_budget: float | None = Field(default=None, gt=0)
+    """Stop with BUDGET_EXHAUSTED once cumulative cost reaches this."""
+    max_tokens: int = Field(default=4096, ge=1, le=128_000)
+    """`max_tokens` per model call."""
+    stream_threshold: int = Field(default=16_000, ge=1)
+    """Calls with `max_tokens` above this stream (SSE) with heartbeats."""
+    max_turns_per_generation: int = Field(default=500, ge=1)
+    system_prompt: str = Field(
+        default=(
+            "You are an autonomous engineering agent working through a project plan. "
+            "Use the state tools to record progress: complete_task when a task is done, "
+            "record_decision for choices, add_blocker when you need a human."
+        ),
+        max_length=64_000,
+    )
+    model_call_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    """start-to-close timeout of one model call attempt."""
+    human_decision_timeout_s: float | None = Field(default=None, gt=0)
+    """If set, a human-decision blocker unanswered this long is auto-resolved as deferred."""
+    max_human_text_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=2 * 1024 * 1024)
+    """Hard cap on the handoff payload (Temporal terminates workflows past 2 MiB)."""
+    user_tools: list[ToolSpec] = Field(default_factory=list)
+    """Tools registered on the plugin (run as activities named `tool:<name>`)."""
+    search_attributes: bool = True
+    """Upsert the Agent* search attributes (they must be registered on the namespace)."""
+    agent_type: str = Field(default="claude-agent", max_length=64)
+    user: str = Field(default="", max_length=128)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> SessionConfig:
+        if not self.warn_threshold < self.handoff_threshold:
+            raise ValueError(
+                f"warn_threshold ({self.warn_threshold}) must be below "
+                f"handoff_threshold ({self.handoff_threshold})"
+            )
+        for level in CompressionLevel:
+            if level not in self.level_budgets:
+                raise ValueError(f"level_budgets: missing budget for level '{level.value}'")
+            if self.level_budgets[level] < 50:
+                raise ValueError(f"level_budgets[{level.value}] must be ≥ 50 tokens")
+        reserved = {"recall", *STATE_TOOL_NAMES}
+        for tool in self.user_tools:
+            if tool.name in reserved:
+                raise ValueError(f"user_tools: {tool.name!r} is a built-in tool name")
+        return self
+
+    def model_for(self, generation: int) -> str:
+        if generation > 0 and self.successor_model:
+            return self.successor_model
+        return self.model

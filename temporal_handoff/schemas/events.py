@@ -1,0 +1,83 @@
+"""Lifecycle notifications and the handoff child's signals."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from temporal_handoff.schemas.config import CompressionLevel, DEFAULT_LEVEL_BUDGETS
+from temporal_handoff.schemas.handoff import RunRef
+from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
+from temporal_handoff.schemas.project import ProjectState, StateEvent
+from temporal_handoff.schemas.tokens import TokenLedger
+
+
+class LifecycleEvent(BaseModel):
+    """Input of the `notify` activity: WARNING, CRITICAL, HANDOFF, TERMINATED."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    generation: int
+    event: str
+    lifecycle: LifecycleState
+    reason: TerminationReason | None = None
+    context_pct: float = 0.0
+    tasks_done: int = 0
+    tasks_total: int = 0
+    summary: str = ""
+
+
+class HandoffInput(BaseModel):
+    """Input of `HandoffWorkflow`: the state when the session entered WARNING."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    generation: int
+    run_id: str = ""
+    model: str = ""
+    state: ProjectState
+    events_since_last_handoff: list[StateEvent] = Field(default_factory=list)
+    lineage: list[RunRef] = Field(default_factory=list)
+    level: CompressionLevel = CompressionLevel.STANDARD
+    budgets: dict[CompressionLevel, int] = Field(
+        default_factory=lambda: {CompressionLevel(k): v for k, v in DEFAULT_LEVEL_BUDGETS.items()}
+    )
+    max_payload_bytes: int = 256 * 1024
+
+
+class HandoffDelta(BaseModel):
+    """Signal `delta`: events the session applied since the previous delta."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[StateEvent] = Field(default_factory=list)
+    seq: int = 0
+
+
+class SealRequest(BaseModel):
+    """Signal `seal`: build the payload now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: TerminationReason
+    ledger: TokenLedger
+    recent_human_input: list[str] = Field(default_factory=list)
+    paused_seconds: float = 0.0
+    tool_state: dict[str, str] = Field(default_factory=dict)
+    template: str | None = None
+    events_sent: int = 0
+    """How many deltas' events the session sent; the child checks it has them all."""
+
+
+class RecallRequest(BaseModel):
+    """Input of the `recall` activity (and the model's `recall` tool, plus session ids)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    lineage: list[RunRef] = Field(default_factory=list)
+    generation: int = Field(ge=0)
+    section: str = "tasks"
+    ids: list[str] = Field(default_factory=list)
+    max_chars: int = 8_000

@@ -1,0 +1,30 @@
+"""Lifecycle states and termination reasons of an agent session."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class LifecycleState(str, Enum):
+    INITIALIZING = "INITIALIZING"
+    ACTIVE = "ACTIVE"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+    HANDOFF_PENDING = "HANDOFF_PENDING"
+    HANDOFF_COMPLETE = "HANDOFF_COMPLETE"
+    PAUSED = "PAUSED"
+    AWAITING_DECISION = "AWAITING_DECISION"
+    TERMINATED = "TERMINATED"
+
+
+class TerminationReason(str, Enum):
+    TASK_COMPLETED = "TASK_COMPLETED"
+    CONTEXT_HANDOFF = "CONTEXT_HANDOFF"
+    MANUAL_FLUSH = "MANUAL_FLUSH"
+    HISTORY_LIMIT = "HISTORY_LIMIT"
+    MAX_GENERATIONS = "MAX_GENERATIONS"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    USER_ABORT = "USER_ABORT"
+    MODEL_ERROR = "MODEL_ERROR"
+    AGENT_FINISHED = "AGENT_FINISHED"
+    """The model ended its turn with tasks left and no way forward (e.g. max turns)."""

@@ -1,0 +1,143 @@
+"""The model call's contract: what a workflow sends to `call_model` and gets back.
+
+Messages use the Anthropic Messages API wire shape (plain dicts), so the activity
+passes them to the SDK unchanged and the fake server reads exactly what Claude reads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from temporal_handoff.schemas.tokens import TokenUsage
+
+Message = dict[str, Any]
+"""One Messages API message: ``{"role": "user"|"assistant", "content": str | [blocks]}``."""
+
+
+class ToolSpec(BaseModel):
+    """A tool offered to the model (Messages API `tools` entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class ModelRequest(BaseModel):
+    """Input of the `call_model` activity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    system: list[dict[str, Any]] = Field(default_factory=list)
+    """System blocks (``{"type": "text", "text": ..., "cache_control": ...}``)."""
+    messages: list[Message]
+    tools: list[ToolSpec] = Field(default_factory=list)
+    max_tokens: int = Field(default=4096, ge=1)
+    turn: int = 0
+    """Turn number in this generation, for the activity summary and logs."""
+    generation: int = 0
+    known_occupancy: int = 0
+    """Exact tokens of the prompt as of the previous call (input + cache + output)."""
+    new_from_index: int = 0
+    """Index of the first message not covered by `known_occupancy`."""
+    calibration: float = 1.0
+    """Factor applied to tiktoken estimates, learned from observed usage."""
+    preflight_limit: int | None = None
+    """If the estimated prompt exceeds this many tokens, do not call the model."""
+    stream_threshold: int = 16_000
+    """`max_tokens` above which the call streams (SSE) with heartbeats."""
+
+
+class ModelResponse(BaseModel):
+    """Output of the `call_model` activity: content, exact usage, and the pre-flight estimate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: list[dict[str, Any]] = Field(default_factory=list)
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    stop_reason: str | None = None
+    model: str = ""
+    estimated_new_tokens: int = 0
+    """Raw (uncalibrated) tiktoken estimate of the messages from `new_from_index`."""
+    estimated_prompt_tokens: int = 0
+    """known_occupancy + calibrated estimate of the new content."""
+    preflight_refused: bool = False
+    """True when the estimate exceeded `preflight_limit`; no model call was made."""
+    streamed: bool = False
+
+
+class ModelInfoRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    override: int | None = None
+
+
+class ModelInfoResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    context_window: int = Field(gt=0)
+    source: str
+    """'config', 'models_api' or 'table'."""
+
+
+def block_text(block: Any) -> str:
+    """The text a tokenizer sees for one content block (or a plain string)."""
+    if isinstance(block, str):
+        return block
+    if not isinstance(block, dict):
+        return str(block)
+    kind = block.get("type")
+    if kind == "text":
+        return str(block.get("text", ""))
+    if kind == "tool_use":
+        return f"{block.get('name', '')} {json.dumps(block.get('input', {}), sort_keys=True)}"
+    if kind == "tool_result":
+        content = block.get("content", "")
+        if isinstance(content, list):
+            return "\n".join(block_text(b) for b in content)
+        return str(content)
+    if kind in ("thinking", "redacted_thinking"):
+        return str(block.get("thinking", ""))
+    return json.dumps(block, sort_keys=True)
+
+
+def message_text(message: Message) -> str:
+    """The text of one message, as counted for token estimates."""
+    content = message.get("content", "")
+    if isinstance(content, str):
+        return content
+    return "\n".join(block_text(b) for b in content)
+
+
+def prompt_text(
+    messages: list[Message],
+    system: list[dict[str, Any]] | str | None = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """Concatenated text of a whole prompt: system, tool definitions, messages.
+
+    The fake server counts usage on this text; the activity estimates new content on
+    the same extraction, so the only gap between them is the tokenizer (the drift).
+    """
+    parts: list[str] = []
+    if isinstance(system, str):
+        parts.append(system)
+    elif system:
+        parts.extend(block_text(b) for b in system)
+    for tool in tools or []:
+        parts.append(json.dumps(tool, sort_keys=True))
+    parts.extend(message_text(m) for m in messages)
+    return "\n".join(parts)
+
+
+StopReason = Literal[
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
+    "model_context_window_exceeded",
+]

@@ -1,0 +1,649 @@
+"""Project state: the durable record of what the agent is doing and has decided.
+
+Tasks form a DAG grouped in phases. Every change goes through :func:`apply_event`,
+a pure function: the session applies each state-tool call and human command as an
+event, and the handoff child replays the same events as deltas, so both hold the
+same state without shipping the whole project on every turn.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class TaskStatus(str, Enum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+DONE_STATUSES = (TaskStatus.COMPLETED, TaskStatus.SKIPPED)
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    title: str = Field(default="", max_length=2_000)
+    phase: str = ""
+    status: TaskStatus = TaskStatus.PENDING
+    depends_on: list[str] = Field(default_factory=list)
+    estimate_h: float = Field(default=1.0, ge=0)
+    summary: str = ""
+    error: str = ""
+    attempts: int = 0
+    completed_generation: int | None = None
+
+
+class Phase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    name: str = ""
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    title: str = Field(default="", max_length=4_000)
+    rationale: str = Field(default="", max_length=16_000)
+    by: str = "agent"
+    """'agent' or 'human:<who>'."""
+    at: datetime | None = None
+    blocker_id: str | None = None
+    generation: int = 0
+
+
+class Alternative(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    reason: str = ""
+
+
+class BlockerType(str, Enum):
+    HUMAN_DECISION = "human_decision"
+    TECHNICAL = "technical"
+    EXTERNAL = "external"
+    MODEL_ERROR = "model_error"
+
+
+class Blocker(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    type: BlockerType = BlockerType.TECHNICAL
+    description: str = Field(default="", max_length=16_000)
+    status: Literal["open", "resolved"] = "open"
+    resolution: str = ""
+    task_id: str | None = None
+    opened_at: datetime | None = None
+
+
+class FileNote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=1_000)
+    note: str = ""
+
+
+class ErrorRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    message: str
+    task_id: str | None = None
+    generation: int = 0
+
+
+class ProjectState(BaseModel):
+    """Everything the agent must not forget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "project"
+    original_request: str = ""
+    goal: str = ""
+    phases: list[Phase] = Field(default_factory=list)
+    tasks: dict[str, Task] = Field(default_factory=dict)
+    current_phase: str | None = None
+    milestones: list[str] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
+    rejected_alternatives: list[Alternative] = Field(default_factory=list)
+    blockers: list[Blocker] = Field(default_factory=list)
+    files: list[FileNote] = Field(default_factory=list)
+    todos: list[str] = Field(default_factory=list)
+    errors: list[ErrorRecord] = Field(default_factory=list)
+    environment: dict[str, str] = Field(default_factory=dict)
+    human_messages: list[str] = Field(default_factory=list)
+    duplicate_completions: int = 0
+    """complete_task calls for an already-completed task (refused, never double-counted)."""
+
+    @model_validator(mode="after")
+    def _dag(self) -> ProjectState:
+        for tid, task in self.tasks.items():
+            if task.id != tid:
+                raise ValueError(f"tasks[{tid!r}].id is {task.id!r}: keys must match ids")
+            for dep in task.depends_on:
+                if dep not in self.tasks:
+                    raise ValueError(f"tasks[{tid!r}].depends_on: unknown task {dep!r}")
+        if _has_cycle(self.tasks):
+            raise ValueError("tasks: dependency cycle")
+        return self
+
+    # ---- reads -------------------------------------------------------------------
+    def done(self, task_id: str) -> bool:
+        return self.tasks[task_id].status in DONE_STATUSES
+
+    @property
+    def all_done(self) -> bool:
+        return all(t.status in DONE_STATUSES for t in self.tasks.values())
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in TaskStatus}
+        for t in self.tasks.values():
+            out[t.status.value] += 1
+        return out
+
+    @property
+    def completed_count(self) -> int:
+        return sum(1 for t in self.tasks.values() if t.status in DONE_STATUSES)
+
+    def next_eligible(self, limit: int | None = None) -> list[str]:
+        """Tasks not done whose dependencies are all done, in plan order.
+
+        Failed tasks are eligible again (a retry); pending ones come first.
+        """
+        ready: list[str] = []
+        failed: list[str] = []
+        for tid, t in self.tasks.items():
+            if t.status in DONE_STATUSES:
+                continue
+            if all(self.tasks[d].status in DONE_STATUSES for d in t.depends_on):
+                (failed if t.status == TaskStatus.FAILED else ready).append(tid)
+        out = ready + failed
+        return out[:limit] if limit is not None else out
+
+    def open_blockers(self) -> list[Blocker]:
+        return [b for b in self.blockers if b.status == "open"]
+
+    def human_decision_pending(self) -> bool:
+        return any(b.type == BlockerType.HUMAN_DECISION for b in self.open_blockers())
+
+    def failed_tasks(self) -> list[Task]:
+        return [t for t in self.tasks.values() if t.status == TaskStatus.FAILED]
+
+    def critical_path(self) -> list[str]:
+        """Longest chain (by estimate hours) through the remaining tasks."""
+        best: dict[str, tuple[float, list[str]]] = {}
+        for tid in _topo_order(self.tasks):
+            t = self.tasks[tid]
+            if t.status in DONE_STATUSES:
+                continue
+            base = (0.0, [])
+            for d in t.depends_on:
+                if d in best and best[d][0] > base[0]:
+                    base = best[d]
+            best[tid] = (base[0] + t.estimate_h, base[1] + [tid])
+        if not best:
+            return []
+        return max(best.values(), key=lambda v: v[0])[1]
+
+    def blocker(self, blocker_id: str) -> Blocker | None:
+        return next((b for b in self.blockers if b.id == blocker_id), None)
+
+
+def _topo_order(tasks: dict[str, Task]) -> list[str]:
+    seen: set[str] = set()
+    order: list[str] = []
+    for root in tasks:
+        stack: list[tuple[str, bool]] = [(root, False)]
+        while stack:
+            tid, expanded = stack.pop()
+            if expanded:
+                order.append(tid)
+                continue
+            if tid in seen:
+                continue
+            seen.add(tid)
+            stack.append((tid, True))
+            stack.extend((d, False) for d in tasks[tid].depends_on if d not in seen)
+    return order
+
+
+def _has_cycle(tasks: dict[str, Task]) -> bool:
+    state: dict[str, int] = {}
+    for root in tasks:
+        if root in state:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            tid, i = stack.pop()
+            if i == 0:
+                if state.get(tid) == 1:
+                    return True
+                if state.get(tid) == 2:
+                    continue
+                state[tid] = 1
+            deps = tasks[tid].depends_on
+            if i < len(deps):
+                stack.append((tid, i + 1))
+                dep = deps[i]
+                if state.get(dep) == 1:
+                    return True
+                if state.get(dep) is None:
+                    stack.append((dep, 0))
+            else:
+                state[tid] = 2
+    return False
+
+
+# ---- events ---------------------------------------------------------------------
+
+EventOp = Literal[
+    "complete_task",
+    "fail_task",
+    "record_decision",
+    "add_blocker",
+    "resolve_blocker",
+    "note_file",
+    "add_todo",
+    "set_phase",
+    "skip_task",
+    "retry_task",
+    "human_message",
+    "record_error",
+    "reject_alternative",
+    "set_environment",
+]
+
+
+class StateEvent(BaseModel):
+    """One change to the project state, applied by :func:`apply_event`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: EventOp
+    args: dict[str, Any] = Field(default_factory=dict)
+    at: datetime | None = None
+    by: str = "agent"
+    generation: int = 0
+
+
+class EventError(ValueError):
+    """The event does not apply to the current state (unknown id, already done...)."""
+
+
+# Tool input models: the model's tool arguments are validated before they touch state.
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class CompleteTaskArgs(_Args):
+    task_id: str = Field(min_length=1)
+    summary: str = Field(default="", max_length=16_000)
+
+
+class FailTaskArgs(_Args):
+    task_id: str = Field(min_length=1)
+    error: str = Field(default="", max_length=16_000)
+
+
+class RecordDecisionArgs(_Args):
+    decision_id: str | None = Field(default=None, max_length=128)
+    title: str = Field(min_length=1, max_length=4_000)
+    rationale: str = Field(default="", max_length=16_000)
+    rejected: list[str] = Field(default_factory=list)
+    blocker_id: str | None = None
+
+
+class AddBlockerArgs(_Args):
+    blocker_id: str | None = Field(default=None, max_length=128)
+    blocker_type: BlockerType = BlockerType.TECHNICAL
+    description: str = Field(min_length=1, max_length=16_000)
+    task_id: str | None = None
+
+
+class ResolveBlockerArgs(_Args):
+    blocker_id: str = Field(min_length=1)
+    resolution: str = Field(default="", max_length=16_000)
+
+
+class NoteFileArgs(_Args):
+    path: str = Field(min_length=1, max_length=1_000)
+    note: str = Field(default="", max_length=4_000)
+
+
+class AddTodoArgs(_Args):
+    text: str = Field(min_length=1, max_length=4_000)
+
+
+class SetPhaseArgs(_Args):
+    phase_id: str = Field(min_length=1)
+
+
+class TaskIdArgs(_Args):
+    task_id: str = Field(min_length=1)
+
+
+class HumanMessageArgs(_Args):
+    text: str = Field(min_length=1)
+
+
+class RecordErrorArgs(_Args):
+    source: str = "model"
+    message: str = Field(min_length=1)
+    task_id: str | None = None
+
+
+class RejectAlternativeArgs(_Args):
+    title: str = Field(min_length=1, max_length=4_000)
+    reason: str = Field(default="", max_length=16_000)
+
+
+class SetEnvironmentArgs(_Args):
+    key: str = Field(min_length=1, max_length=200)
+    value: str = Field(default="", max_length=4_000)
+
+
+EVENT_ARGS: dict[str, type[_Args]] = {
+    "complete_task": CompleteTaskArgs,
+    "fail_task": FailTaskArgs,
+    "record_decision": RecordDecisionArgs,
+    "add_blocker": AddBlockerArgs,
+    "resolve_blocker": ResolveBlockerArgs,
+    "note_file": NoteFileArgs,
+    "add_todo": AddTodoArgs,
+    "set_phase": SetPhaseArgs,
+    "skip_task": TaskIdArgs,
+    "retry_task": TaskIdArgs,
+    "human_message": HumanMessageArgs,
+    "record_error": RecordErrorArgs,
+    "reject_alternative": RejectAlternativeArgs,
+    "set_environment": SetEnvironmentArgs,
+}
+
+
+def _task(state: ProjectState, task_id: str) -> Task:
+    task = state.tasks.get(task_id)
+    if task is None:
+        raise EventError(f"unknown task {task_id!r}")
+    return task
+
+
+def check_event(state: ProjectState, event: StateEvent) -> _Args:
+    """Validate an event against the state without changing it; raise EventError."""
+    try:
+        args = EVENT_ARGS[event.op].model_validate(event.args)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "input"
+        raise EventError(f"{event.op}: {loc}: {first['msg']}") from None
+    if isinstance(args, (CompleteTaskArgs, FailTaskArgs, TaskIdArgs)):
+        task = _task(state, args.task_id)
+        if event.op == "complete_task" or event.op == "skip_task":
+            for dep in task.depends_on:
+                if state.tasks[dep].status not in DONE_STATUSES:
+                    raise EventError(f"{args.task_id}: dependency {dep!r} is not done")
+        if event.op == "retry_task" and task.status not in (TaskStatus.FAILED, TaskStatus.SKIPPED):
+            raise EventError(f"{args.task_id}: only failed or skipped tasks can be retried")
+        if event.op == "skip_task" and task.status == TaskStatus.COMPLETED:
+            raise EventError(f"{args.task_id}: already completed")
+    if isinstance(args, ResolveBlockerArgs):
+        blocker = state.blocker(args.blocker_id)
+        if blocker is None:
+            raise EventError(f"unknown blocker {args.blocker_id!r}")
+        if blocker.status == "resolved":
+            raise EventError(f"blocker {args.blocker_id!r} is already resolved")
+    if isinstance(args, AddBlockerArgs) and args.blocker_id and state.blocker(args.blocker_id):
+        raise EventError(f"blocker {args.blocker_id!r} already exists")
+    if isinstance(args, SetPhaseArgs) and state.phases and args.phase_id not in {
+        p.id for p in state.phases
+    }:
+        raise EventError(f"unknown phase {args.phase_id!r}")
+    return args
+
+
+def apply_event(state: ProjectState, event: StateEvent) -> str:
+    """Apply one event to `state` in place and return a one-line result for the model.
+
+    Raises:
+        EventError: the event is invalid for this state; `state` is unchanged.
+    """
+    args = check_event(state, event)
+    g = event.generation
+    if isinstance(args, CompleteTaskArgs):
+        task = state.tasks[args.task_id]
+        if task.status == TaskStatus.COMPLETED:
+            state.duplicate_completions += 1
+            return f"{task.id} was already completed; nothing changed"
+        task.status = TaskStatus.COMPLETED
+        task.summary = args.summary
+        task.completed_generation = g
+        task.attempts += 1
+        if task.phase and task.phase != state.current_phase:
+            state.current_phase = task.phase
+        _phase_milestone(state, task.phase)
+        return f"completed {task.id}"
+    if isinstance(args, FailTaskArgs):
+        task = state.tasks[args.task_id]
+        if task.status == TaskStatus.COMPLETED:
+            raise EventError(f"{task.id}: already completed")
+        task.status = TaskStatus.FAILED
+        task.error = args.error
+        task.attempts += 1
+        state.errors.append(
+            ErrorRecord(source="task", message=args.error or "failed", task_id=task.id, generation=g)
+        )
+        return f"marked {task.id} failed"
+    if isinstance(args, RecordDecisionArgs):
+        did = args.decision_id or f"D{len(state.decisions) + 1:04d}"
+        if any(d.id == did for d in state.decisions):
+            return f"decision {did} already recorded"
+        state.decisions.append(
+            Decision(
+                id=did, title=args.title, rationale=args.rationale, by=event.by, at=event.at,
+                blocker_id=args.blocker_id, generation=g,
+            )
+        )
+        for alt in args.rejected:
+            state.rejected_alternatives.append(Alternative(title=alt, reason=f"rejected by {did}"))
+        return f"recorded decision {did}"
+    if isinstance(args, AddBlockerArgs):
+        bid = args.blocker_id or f"B{len(state.blockers) + 1:04d}"
+        state.blockers.append(
+            Blocker(
+                id=bid, type=args.blocker_type, description=args.description,
+                task_id=args.task_id, opened_at=event.at,
+            )
+        )
+        return f"opened blocker {bid} ({args.blocker_type.value})"
+    if isinstance(args, ResolveBlockerArgs):
+        blocker = state.blocker(args.blocker_id)
+        assert blocker is not None
+        blocker.status = "resolved"
+        blocker.resolution = args.resolution
+        return f"resolved blocker {blocker.id}"
+    if isinstance(args, NoteFileArgs):
+        for f in state.files:
+            if f.path == args.path:
+                f.note = args.note or f.note
+                return f"updated note on {args.path}"
+        state.files.append(FileNote(path=args.path, note=args.note))
+        return f"noted {args.path}"
+    if isinstance(args, AddTodoArgs):
+        state.todos.append(args.text)
+        return "todo added"
+    if isinstance(args, SetPhaseArgs):
+        state.current_phase = args.phase_id
+        return f"phase is now {args.phase_id}"
+    if isinstance(args, TaskIdArgs):
+        task = state.tasks[args.task_id]
+        if event.op == "skip_task":
+            task.status = TaskStatus.SKIPPED
+            return f"skipped {task.id}"
+        task.status = TaskStatus.PENDING
+        task.error = ""
+        return f"{task.id} will be retried"
+    if isinstance(args, HumanMessageArgs):
+        state.human_messages.append(args.text)
+        return "message received"
+    if isinstance(args, RecordErrorArgs):
+        state.errors.append(
+            ErrorRecord(source=args.source, message=args.message, task_id=args.task_id, generation=g)
+        )
+        return "error recorded"
+    if isinstance(args, RejectAlternativeArgs):
+        state.rejected_alternatives.append(Alternative(title=args.title, reason=args.reason))
+        return "alternative recorded"
+    if isinstance(args, SetEnvironmentArgs):
+        state.environment[args.key] = args.value
+        return f"environment {args.key} set"
+    raise EventError(f"unhandled op {event.op}")  # pragma: no cover - EVENT_ARGS is exhaustive
+
+
+def _phase_milestone(state: ProjectState, phase: str) -> None:
+    if not phase:
+        return
+    in_phase = [t for t in state.tasks.values() if t.phase == phase]
+    if in_phase and all(t.status in DONE_STATUSES for t in in_phase):
+        label = f"phase {phase} complete"
+        if label not in state.milestones:
+            state.milestones.append(label)
+
+
+# ---- importers ------------------------------------------------------------------
+
+
+def from_orchestrator(data: dict[str, Any]) -> ProjectState:
+    """Import an orchestrator state file: ``metadata``/``context``/``tasks``/``dag``.
+
+    ``tasks`` is a list (or id-keyed map) of ``{id, title|name, status, dependencies|
+    depends_on, phase}``; ``dag.phases`` lists ``{id|name, tasks: [ids]}``.
+    """
+    meta = data.get("metadata") or {}
+    ctx = data.get("context") or {}
+    raw_tasks = data.get("tasks") or []
+    if isinstance(raw_tasks, dict):
+        raw_tasks = [{"id": k, **v} for k, v in raw_tasks.items()]
+    phase_of: dict[str, str] = {}
+    phases: list[Phase] = []
+    for i, ph in enumerate((data.get("dag") or {}).get("phases") or []):
+        pid = str(ph.get("id") or ph.get("name") or f"phase-{i + 1}")
+        phases.append(Phase(id=pid, name=str(ph.get("name", pid))))
+        for tid in ph.get("tasks") or []:
+            phase_of[str(tid)] = pid
+    tasks: dict[str, Task] = {}
+    for raw in raw_tasks:
+        tid = str(raw["id"])
+        status = str(raw.get("status", "pending")).lower()
+        tasks[tid] = Task(
+            id=tid,
+            title=str(raw.get("title") or raw.get("name") or raw.get("description") or ""),
+            phase=str(raw.get("phase") or phase_of.get(tid, "")),
+            status=TaskStatus(status) if status in TaskStatus._value2member_map_ else TaskStatus.PENDING,
+            depends_on=[str(d) for d in raw.get("dependencies") or raw.get("depends_on") or []],
+            estimate_h=float(raw.get("estimate_h") or raw.get("estimated_hours") or 1.0),
+        )
+    return ProjectState(
+        name=str(meta.get("project") or meta.get("name") or "project"),
+        original_request=str(ctx.get("request") or ctx.get("original_request") or ""),
+        goal=str(ctx.get("goal") or meta.get("goal") or ""),
+        phases=phases,
+        tasks=tasks,
+        current_phase=phases[0].id if phases else None,
+        environment={str(k): str(v) for k, v in (ctx.get("environment") or {}).items()},
+    )
+
+
+def from_state_json(data: dict[str, Any]) -> ProjectState:
+    """Import a ``state.json``: ``progress``/``completed_milestones``/``blockers``/
+    ``decisions``/``environment`` (plus optional ``tasks``)."""
+    progress = data.get("progress") or {}
+    tasks: dict[str, Task] = {}
+    for raw in data.get("tasks") or progress.get("tasks") or []:
+        tid = str(raw["id"])
+        status = str(raw.get("status", "pending")).lower()
+        tasks[tid] = Task(
+            id=tid,
+            title=str(raw.get("title", "")),
+            phase=str(raw.get("phase", "")),
+            status=TaskStatus(status) if status in TaskStatus._value2member_map_ else TaskStatus.PENDING,
+            depends_on=[str(d) for d in raw.get("depends_on") or raw.get("dependencies") or []],
+        )
+    blockers = [
+        Blocker(
+            id=str(b.get("id") or f"B{i + 1:04d}"),
+            type=BlockerType(b.get("type", "technical"))
+            if b.get("type") in BlockerType._value2member_map_ else BlockerType.TECHNICAL,
+            description=str(b.get("description") or b.get("title") or ""),
+            status="resolved" if b.get("status") == "resolved" else "open",
+            resolution=str(b.get("resolution") or ""),
+        )
+        for i, b in enumerate(data.get("blockers") or [])
+    ]
+    decisions = [
+        Decision(
+            id=str(d.get("id") or f"D{i + 1:04d}"),
+            title=str(d.get("title") or d.get("decision") or ""),
+            rationale=str(d.get("rationale") or ""),
+        )
+        for i, d in enumerate(data.get("decisions") or [])
+    ]
+    return ProjectState(
+        name=str(data.get("project") or progress.get("project") or "project"),
+        goal=str(data.get("goal") or progress.get("goal") or ""),
+        current_phase=progress.get("current_phase"),
+        tasks=tasks,
+        milestones=[str(m) for m in data.get("completed_milestones") or []],
+        blockers=blockers,
+        decisions=decisions,
+        environment={str(k): str(v) for k, v in (data.get("environment") or {}).items()},
+    )
+
+
+def synthetic_project(n_tasks: int = 169, n_phases: int = 6, seed: int = 0) -> ProjectState:
+    """A deterministic generated project: phases in sequence, chains within a phase.
+
+    Each task depends on the task two places before it (two interleaved chains that
+    run across phases); every fourth task also depends on one earlier task, so the
+    DAG is not a pair of straight lines.
+    """
+    phases = [Phase(id=f"P{p + 1}", name=f"Phase {p + 1}") for p in range(n_phases)]
+    tasks: dict[str, Task] = {}
+    ids: list[str] = []
+    per = max(1, -(-n_tasks // n_phases))
+    for i in range(n_tasks):
+        p = min(i // per, n_phases - 1)
+        tid = f"P{p + 1}-T{i + 1:03d}"
+        # Two lanes: each task waits for the one two places back, so two are
+        # usually eligible at once.
+        deps = [ids[-2]] if len(ids) >= 2 else []
+        if i % 4 == 3 and len(ids) >= 3:
+            extra = ids[(i * 7 + seed) % (len(ids) - 1)]
+            if extra not in deps:
+                deps.append(extra)
+        tasks[tid] = Task(
+            id=tid,
+            title=f"Task {i + 1} of phase {p + 1}",
+            phase=phases[p].id,
+            depends_on=deps,
+            estimate_h=float(1 + (i * 13 + seed) % 5),
+        )
+        ids.append(tid)
+    return ProjectState(
+        name=f"synthetic-{n_tasks}",
+        original_request=f"Build the synthetic project with {n_tasks} tasks in {n_phases} phases.",
+        goal="Complete every task in dependency order, recording decisions as you go.",
+        phases=phases,
+        tasks=tasks,
+        current_phase=phases[0].id if phases else None,
+        environment={"python": "3.11", "platform": "linux"},
+    )

@@ -1,0 +1,143 @@
+"""Session input/result, human commands, status: the workflow's public contract."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from temporal_handoff.schemas.config import SessionConfig
+from temporal_handoff.schemas.handoff import HandoffPayload, RunRef
+from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
+from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.tokens import TokenLedger
+
+
+class CommandKind(str, Enum):
+    DECIDE = "decide"
+    SAY = "say"
+    SKIP = "skip_task"
+    RETRY = "retry_task"
+    PAUSE = "pause"
+    RESUME = "resume"
+    FLUSH = "flush"
+    ABORT = "abort"
+
+
+class DecideArgs(BaseModel):
+    """Answer to a blocker (update `decide`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blocker_id: str = Field(min_length=1, max_length=128)
+    decision: str = Field(min_length=1, max_length=16_000)
+    rationale: str = Field(default="", max_length=16_000)
+    by: str = Field(default="human", min_length=1, max_length=128)
+
+
+class SayArgs(BaseModel):
+    """A human message appended to the conversation at the next turn (signal `say`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1)
+    by: str = Field(default="human", min_length=1, max_length=128)
+
+
+class TaskCommandArgs(BaseModel):
+    """`skip_task` / `retry_task` (updates, validated against the DAG)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str = Field(min_length=1, max_length=128)
+    by: str = Field(default="human", min_length=1, max_length=128)
+
+
+class AbortArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="aborted by user", max_length=4_000)
+
+
+class Command(BaseModel):
+    """A human command kept in the inbox until applied (carried across continue-as-new)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: CommandKind
+    args: dict[str, Any] = Field(default_factory=dict)
+    at: datetime | None = None
+    by: str = "human"
+
+
+class SessionInput(BaseModel):
+    """Input of every generation of `AgentSessionWorkflow`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: SessionConfig = Field(default_factory=SessionConfig)
+    project: ProjectState
+    handoff: HandoffPayload | None = None
+    """The predecessor's payload; None for generation 0."""
+    generation: int = Field(default=0, ge=0)
+    inbox: list[Command] = Field(default_factory=list)
+    """Human commands received during the predecessor's handoff, applied first."""
+    ledger: TokenLedger | None = None
+    """Cumulative spend and calibration carried from the predecessor."""
+    lineage: list[RunRef] = Field(default_factory=list)
+    """Runs of the previous generations, oldest first."""
+    health: dict[str, int] = Field(default_factory=dict)
+    paused: bool = False
+    started_at: datetime | None = None
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks_per_hour: float = 0.0
+    failures: int = 0
+    retries: int = 0
+    blockers_opened: int = 0
+    model_calls: int = 0
+
+
+class SessionStatus(BaseModel):
+    """Answer of the `status` query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    lifecycle: LifecycleState
+    generation: int
+    turn: int
+    context_window: int
+    context_tokens: int
+    context_pct: float
+    total_tokens: int
+    cost_usd: float
+    tasks_done: int
+    tasks_total: int
+    next_eligible: list[str] = Field(default_factory=list)
+    open_blockers: list[dict[str, str]] = Field(default_factory=list)
+    paused: bool = False
+    inbox: int = 0
+    health: Health = Field(default_factory=Health)
+    model: str = ""
+
+
+class SessionResult(BaseModel):
+    """What a finished session returns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    reason: TerminationReason
+    generation: int
+    project: ProjectState
+    ledger: TokenLedger
+    lineage: list[RunRef] = Field(default_factory=list)
+    final_handoff: HandoffPayload | None = None
+    """For ABORT and guards: the document to resume from (`handoff start --resume-from`)."""
+    message: str = ""

@@ -1,0 +1,238 @@
+"""Token accounting: exact usage per call, context occupancy, cumulative spend.
+
+Two numbers that the naive approach conflates:
+
+* **occupancy** — the size of the prompt the *next* call will send. It is the last
+  call's ``input_tokens + cache_creation_input_tokens + cache_read_input_tokens +
+  output_tokens`` (the whole previous prompt plus the reply now appended to it), plus
+  an estimate of whatever the session appends before the next call.
+* **spend** — the sum over calls, per field, priced per model. Used for budgets.
+
+Pure data and arithmetic: safe in workflow code.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from temporal_handoff.schemas.lifecycle import LifecycleState
+
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+class TokenUsage(BaseModel):
+    """The four usage fields the Messages API reports for one call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cache_creation_input_tokens: int = Field(default=0, ge=0)
+    cache_read_input_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """All tokens of the prompt this call sent (cached or not)."""
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+
+    @property
+    def total(self) -> int:
+        """Prompt plus output: the context occupied once the reply is appended."""
+        return self.prompt_tokens + self.output_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(**{f: getattr(self, f) + getattr(other, f) for f in USAGE_FIELDS})
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float
+    output: float
+    cache_write: float
+    cache_read: float
+
+
+# Public list prices, USD per MTok (base input, output, 5-minute cache write, cache read).
+PRICES: dict[str, ModelPrice] = {
+    "claude-opus-4": ModelPrice(input=15.0, output=75.0, cache_write=18.75, cache_read=1.5),
+    "claude-opus-4-1": ModelPrice(input=15.0, output=75.0, cache_write=18.75, cache_read=1.5),
+    "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+    "claude-sonnet-4": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+    "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
+    "claude-3-5-haiku": ModelPrice(input=0.8, output=4.0, cache_write=1.0, cache_read=0.08),
+}
+DEFAULT_PRICE = PRICES["claude-sonnet-4-5"]
+
+# Context windows (input tokens) used when the Models API is unreachable.
+CONTEXT_WINDOWS: dict[str, int] = {
+    "claude-opus-4": 200_000,
+    "claude-opus-4-1": 200_000,
+    "claude-opus-4-5": 200_000,
+    "claude-sonnet-4": 200_000,
+    "claude-sonnet-4-5": 200_000,
+    "claude-haiku-4-5": 200_000,
+    "claude-3-5-haiku": 200_000,
+}
+DEFAULT_CONTEXT_WINDOW = 200_000
+
+
+def _lookup(table: dict[str, object], model: str) -> object | None:
+    """Longest table key that prefixes the model id (ids carry date suffixes)."""
+    best = None
+    for key in table:
+        if model == key or model.startswith(key + "-"):
+            if best is None or len(key) > len(best):
+                best = key
+    return table[best] if best is not None else None
+
+
+def price_for(model: str) -> ModelPrice:
+    """The price row for a model id, falling back to Sonnet pricing."""
+    found = _lookup(PRICES, model)  # type: ignore[arg-type]
+    return found if isinstance(found, ModelPrice) else DEFAULT_PRICE
+
+
+def fallback_context_window(model: str) -> int:
+    """Context window from the built-in table."""
+    found = _lookup(CONTEXT_WINDOWS, model)  # type: ignore[arg-type]
+    return found if isinstance(found, int) else DEFAULT_CONTEXT_WINDOW
+
+
+def usage_cost_usd(usage: TokenUsage, model: str) -> float:
+    """USD for one call's usage at the model's list price."""
+    p = price_for(model)
+    return (
+        usage.input_tokens * p.input
+        + usage.output_tokens * p.output
+        + usage.cache_creation_input_tokens * p.cache_write
+        + usage.cache_read_input_tokens * p.cache_read
+    ) / 1_000_000
+
+
+class FieldStats(BaseModel):
+    """min/max/sum of one usage field over calls."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: int = 0
+    min: int | None = None
+    max: int | None = None
+
+    def add(self, value: int) -> None:
+        self.total += value
+        self.min = value if self.min is None else min(self.min, value)
+        self.max = value if self.max is None else max(self.max, value)
+
+
+class TokenLedger(BaseModel):
+    """Occupancy of the current context plus cumulative spend over all generations.
+
+    ``occupancy``/``pending_estimate`` describe the current generation's context and
+    are reset at each handoff; everything else is carried across continue-as-new.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0)
+    occupancy: int = Field(default=0, ge=0)
+    """Exact prompt size as of the last call: its prompt tokens plus its output."""
+    pending_estimate: int = Field(default=0, ge=0)
+    """Calibrated estimate of content appended since the last call."""
+    calls: int = 0
+    calls_this_generation: int = 0
+    stats: dict[str, FieldStats] = Field(
+        default_factory=lambda: {f: FieldStats() for f in USAGE_FIELDS}
+    )
+    cost_usd: float = 0.0
+    estimated_sum: int = 0
+    """Sum of raw tiktoken estimates for content later measured exactly."""
+    observed_sum: int = 0
+    """Sum of exact token counts for that same content."""
+    last_prompt_tokens: int = 0
+    peak_prompt_tokens: int = 0
+
+    # ---- derived ----------------------------------------------------------------
+    @property
+    def calibration(self) -> float:
+        """Observed / estimated tokens; multiplies tiktoken estimates (1.0 until seen)."""
+        if self.estimated_sum <= 0 or self.observed_sum <= 0:
+            return 1.0
+        return self.observed_sum / self.estimated_sum
+
+    @property
+    def next_prompt_tokens(self) -> int:
+        """Best estimate of the next prompt: exact occupancy + calibrated pending content."""
+        return self.occupancy + self.pending_estimate
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.context_window - self.next_prompt_tokens)
+
+    @property
+    def usage_fraction(self) -> float:
+        return self.next_prompt_tokens / self.context_window
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.total for s in self.stats.values())
+
+    def field_total(self, field: str) -> int:
+        return self.stats[field].total
+
+    def average(self, field: str) -> float:
+        return self.stats[field].total / self.calls if self.calls else 0.0
+
+    def state_for(self, warn: float, handoff: float) -> LifecycleState:
+        """The lifecycle state that the current occupancy implies."""
+        frac = self.usage_fraction
+        if frac >= handoff:
+            return LifecycleState.CRITICAL
+        if frac >= warn:
+            return LifecycleState.WARNING
+        return LifecycleState.ACTIVE
+
+    # ---- updates ----------------------------------------------------------------
+    def record(self, usage: TokenUsage, model: str, estimated_new_tokens: int = 0) -> None:
+        """Add one completed call: exact occupancy, spend, and calibration sample.
+
+        ``estimated_new_tokens`` is the raw tiktoken estimate of content that was new
+        in this call's prompt; its exact size is this prompt minus the previous
+        occupancy, which teaches the calibration factor.
+        """
+        prompt = usage.prompt_tokens
+        if estimated_new_tokens > 0 and prompt > self.occupancy:
+            self.estimated_sum += estimated_new_tokens
+            self.observed_sum += prompt - self.occupancy
+        self.occupancy = usage.total
+        self.pending_estimate = 0
+        self.last_prompt_tokens = prompt
+        self.peak_prompt_tokens = max(self.peak_prompt_tokens, prompt)
+        self.calls += 1
+        self.calls_this_generation += 1
+        for f in USAGE_FIELDS:
+            self.stats[f].add(getattr(usage, f))
+        self.cost_usd += usage_cost_usd(usage, model)
+
+    def add_pending(self, raw_estimate: int) -> None:
+        """Account for appended content (tool results, human text) before the next call."""
+        self.pending_estimate += int(raw_estimate * self.calibration + 0.999)
+
+    def new_generation(self, context_window: int | None = None) -> TokenLedger:
+        """A copy for the successor: spend and calibration kept, occupancy reset."""
+        nxt = self.model_copy(deep=True)
+        nxt.occupancy = 0
+        nxt.pending_estimate = 0
+        nxt.calls_this_generation = 0
+        nxt.last_prompt_tokens = 0
+        if context_window is not None:
+            nxt.context_window = context_window
+        return nxt

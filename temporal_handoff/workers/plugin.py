@@ -1,0 +1,139 @@
+"""`HandoffPlugin`: the whole setup in one object.
+
+    client = await Client.connect(addr, plugins=[HandoffPlugin()])
+    worker = Worker(client, task_queue="agents")   # activities + workflows come from the client's plugin
+
+It adds the activities and workflows, replaces only the default payload converter
+with the pydantic one (a user's codec or external storage is kept), passes the
+schema modules through the workflow sandbox, and lists the deterministic failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anthropic
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio import activity
+from temporalio.contrib.pydantic import PydanticPayloadConverter
+from temporalio.converter import DataConverter, DefaultPayloadConverter
+from temporalio.plugin import SimplePlugin
+from temporalio.worker import WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+from temporal_handoff.activities.handoff_activity import build_handoff
+from temporal_handoff.activities.model_activity import ModelActivities
+from temporal_handoff.activities.notify_activity import NotifyActivities, Notifier
+from temporal_handoff.activities.recall_activity import recall
+from temporal_handoff.activities.tokenizer import estimate_tokens
+from temporal_handoff.schemas.config import STATE_TOOL_NAMES
+from temporal_handoff.schemas.model_io import ToolSpec
+from temporal_handoff.workflows.handoff import HandoffWorkflow
+from temporal_handoff.workflows.session import AgentSessionWorkflow
+
+ToolFn = Callable[[dict[str, Any]], Awaitable[str]]
+
+PASSTHROUGH = ("pydantic", "pydantic_core", "annotated_types", "temporal_handoff.schemas")
+
+
+class UserTool(BaseModel):
+    """A user-defined tool: its spec (shown to the model) and the coroutine that runs it.
+
+    The coroutine runs as the activity `tool:<name>`; list the same spec in
+    `SessionConfig.user_tools` (or use `HandoffPlugin.tool_specs`).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    spec: ToolSpec
+    fn: Any = Field(description="async (input: dict) -> str")
+
+
+class HandoffOptions(BaseModel):
+    """Plugin options, validated when the plugin is built (never inside a workflow task)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heartbeat_every_s: float = Field(default=5.0, gt=0, le=300)
+    """Heartbeat interval of streaming model calls."""
+
+
+def _data_converter(existing: DataConverter | None) -> DataConverter:
+    base = existing or DataConverter.default
+    if base.payload_converter_class is DefaultPayloadConverter:
+        return dataclasses.replace(base, payload_converter_class=PydanticPayloadConverter)
+    return base
+
+
+def _workflow_runner(existing: WorkflowRunner | None) -> WorkflowRunner:
+    if isinstance(existing, SandboxedWorkflowRunner):
+        return dataclasses.replace(
+            existing, restrictions=existing.restrictions.with_passthrough_modules(*PASSTHROUGH)
+        )
+    if existing is None:
+        runner = SandboxedWorkflowRunner()
+        return dataclasses.replace(
+            runner, restrictions=runner.restrictions.with_passthrough_modules(*PASSTHROUGH)
+        )
+    return existing
+
+
+def _tool_activity(tool: UserTool) -> Callable[..., Awaitable[str]]:
+    fn = tool.fn
+
+    async def run_tool(tool_input: dict[str, Any]) -> str:
+        return str(await fn(tool_input))
+
+    return activity.defn(name=f"tool:{tool.spec.name}")(run_tool)
+
+
+class HandoffPlugin(SimplePlugin):
+    """Adds temporal-handoff's workflows, activities and converter to a client/worker.
+
+    Args:
+        options: validated plugin options.
+        notifier: coroutine called (in the `notify` activity) on lifecycle events.
+        tools: user-defined tools, run as activities.
+        anthropic_client: a preconfigured `AsyncAnthropic` (tests point it at the
+            fake server); by default one is built from the worker's environment.
+    """
+
+    def __init__(
+        self,
+        options: HandoffOptions | None = None,
+        *,
+        notifier: Notifier | None = None,
+        tools: Sequence[UserTool] = (),
+        anthropic_client: anthropic.AsyncAnthropic | None = None,
+    ) -> None:
+        self.options = options or HandoffOptions()
+        names = [t.spec.name for t in tools]
+        for name in names:
+            if name in STATE_TOOL_NAMES or name == "recall":
+                raise ValueError(f"tools: {name!r} is a built-in tool name")
+            if names.count(name) > 1:
+                raise ValueError(f"tools: duplicate tool name {name!r}")
+        self.tool_specs = [t.spec for t in tools]
+        model = ModelActivities(anthropic_client, heartbeat_every_s=self.options.heartbeat_every_s)
+        notify = NotifyActivities(notifier)
+        super().__init__(
+            name="temporal_handoff.HandoffPlugin",
+            data_converter=_data_converter,
+            activities=[
+                model.call_model,
+                model.model_info,
+                estimate_tokens,
+                build_handoff,
+                recall,
+                notify.notify,
+                *[_tool_activity(t) for t in tools],
+            ],
+            workflows=[AgentSessionWorkflow, HandoffWorkflow],
+            workflow_runner=_workflow_runner,
+            # A schema violation inside workflow code is deterministic: retrying the
+            # task would loop forever, so fail the workflow instead.
+            workflow_failure_exception_types=[pydantic.ValidationError],
+        )
