@@ -212,6 +212,9 @@ class TaskItem(_Strict):
     summary: str = ""
     generation: int | None = None
     """Generation that completed it (for completed work)."""
+    attempts: int = 0
+    last_error: str = ""
+    """For tasks still to do: the latest error recorded for it (a retry)."""
 
 
 class FailedTaskItem(_Strict):
@@ -243,6 +246,7 @@ class BlockerItem(_Strict):
     description: str = ""
     task_id: str | None = None
     opened_at: datetime | None = None
+    resolution: str = ""
 
 
 class AlternativeItem(_Strict):
@@ -326,6 +330,8 @@ class HandoffDocument(_Strict):
     human_decisions: list[DecisionItem] = Field(default_factory=list)
     rejected_alternatives: list[AlternativeItem] = Field(default_factory=list)
     open_blockers: list[BlockerItem] = Field(default_factory=list)
+    resolved_blockers: list[BlockerItem] = Field(default_factory=list)
+    """Resolved blockers whose task is still to do: the successor must not re-raise them."""
     files: list[FileItem] = Field(default_factory=list)
     todos: list[str] = Field(default_factory=list)
     next_eligible: list[TaskItem] = Field(default_factory=list)
@@ -600,7 +606,13 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
         for t in state.failed_tasks()
     ]
     eligible = [
-        TaskItem(id=tid, title=state.tasks[tid].title, phase=state.tasks[tid].phase)
+        TaskItem(
+            id=tid,
+            title=state.tasks[tid].title,
+            phase=state.tasks[tid].phase,
+            attempts=state.tasks[tid].attempts,
+            last_error=_cap(errors_by_task[tid][-1], 300) if tid in errors_by_task else "",
+        )
         for tid in state.next_eligible()
     ]
     # Errors about tasks still to do come first: they tell the successor what not
@@ -666,16 +678,14 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
             AlternativeItem(title=_cap(a.title, 500), reason=_cap(a.reason, 500))
             for a in reversed(state.rejected_alternatives[-_DOC_CAP:])
         ],
-        open_blockers=[
-            BlockerItem(
-                id=b.id,
-                type=b.type,
-                description=_cap(b.description),
-                task_id=b.task_id,
-                opened_at=b.opened_at,
-            )
-            for b in state.open_blockers()
-        ],
+        open_blockers=[_blocker_item(b) for b in state.open_blockers()],
+        resolved_blockers=[
+            _blocker_item(b)
+            for b in state.blockers
+            if b.status == "resolved"
+            and b.task_id in state.tasks
+            and state.tasks[b.task_id].status not in DONE_STATUSES
+        ][-20:],
         files=[
             FileItem(path=f.path, note=_cap(f.note, 500)) for f in reversed(state.files[-_DOC_CAP:])
         ],
@@ -711,6 +721,17 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
             "human_messages": len(state.human_messages),
         },
         paused_seconds=ctx.paused_seconds,
+    )
+
+
+def _blocker_item(b: Any) -> BlockerItem:
+    return BlockerItem(
+        id=b.id,
+        type=b.type,
+        description=_cap(b.description),
+        task_id=b.task_id,
+        opened_at=b.opened_at,
+        resolution=_cap(b.resolution, 1_000),
     )
 
 

@@ -90,6 +90,8 @@ class SessionInput(BaseModel):
     """Runs of the previous generations, oldest first."""
     health: dict[str, int] = Field(default_factory=dict)
     paused: bool = False
+    handoff_reason: TerminationReason | None = None
+    """Why the predecessor handed off (CONTEXT_HANDOFF, MANUAL_FLUSH, HISTORY_LIMIT)."""
     started_at: datetime | None = None
 
 
@@ -101,6 +103,10 @@ class Health(BaseModel):
     retries: int = 0
     blockers_opened: int = 0
     model_calls: int = 0
+    decisions_recorded: int = 0
+    """record_decision calls that added a decision, over all generations."""
+    tasks_completed: int = 0
+    """complete_task calls that completed a task, over all generations."""
 
 
 class SessionStatus(BaseModel):
@@ -138,6 +144,7 @@ class SessionResult(BaseModel):
     project: ProjectState
     ledger: TokenLedger
     lineage: list[RunRef] = Field(default_factory=list)
+    health: Health = Field(default_factory=Health)
     final_handoff: HandoffPayload | None = None
     """For ABORT and guards: the document to resume from (`handoff start --resume-from`)."""
     message: str = ""

@@ -557,6 +557,10 @@ class AgentSessionWorkflow:
             try:
                 event = StateEvent(op=op, args=dict(tool_input), at=workflow.now(), by="agent")
                 text = self._record(event)
+                if text.startswith("recorded decision"):
+                    self._health.decisions_recorded += 1
+                if text.startswith("completed "):
+                    self._health.tasks_completed += 1
                 if op == "fail_task":
                     self._health.failures += 1
                 if op == "add_blocker":
@@ -721,6 +725,7 @@ class AgentSessionWorkflow:
                 health=self._health.model_dump(exclude={"tasks_per_hour"}),
                 paused=self._paused,
                 started_at=self._started,
+                handoff_reason=reason,
             )
         )
 
@@ -755,6 +760,7 @@ class AgentSessionWorkflow:
             project=self._state,
             ledger=self._ledger,
             lineage=self._lineage(),
+            health=self._health,
             final_handoff=final,
             message=message,
         )

@@ -1,0 +1,118 @@
+"""Read a session's handoff chain back out of Temporal: one row per generation (run).
+
+Used by `handoff history`, the demo's closing table and `handoff export`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from temporal_handoff.schemas.session import SessionInput, SessionResult
+
+
+class RunSummary(BaseModel):
+    generation: int
+    run_id: str
+    start: datetime | None = None
+    end: datetime | None = None
+    status: str = ""
+    turns: int = 0
+    """call_model activities completed in this run."""
+    model_attempts: int = 0
+    """call_model attempts, retries included."""
+    tokens_at_handoff: int | None = None
+    """Context occupancy when this run handed off (or ended)."""
+    payload_tokens: int | None = None
+    """Tokens of the continuation prompt this run handed to its successor."""
+    termination: str = ""
+    handoff_child: str | None = None
+    handoff_summary: str = ""
+    previous_run_id: str = ""
+
+
+async def _decode(client: Client, payloads: Any, kind: type) -> Any:
+    values = await client.data_converter.decode(payloads, [kind])
+    return values[0]
+
+
+async def run_summary(client: Client, workflow_id: str, run_id: str) -> RunSummary:
+    """Summarise one run from its history."""
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    row = RunSummary(generation=-1, run_id=run_id)
+    scheduled: dict[int, str] = {}
+    async for event in handle.fetch_history_events():
+        et = event.event_type
+        if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            attrs = event.workflow_execution_started_event_attributes
+            inp: SessionInput = await _decode(client, attrs.input.payloads, SessionInput)
+            row.generation = inp.generation
+            row.previous_run_id = attrs.continued_execution_run_id
+            row.start = event.event_time.ToDatetime()
+        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            scheduled[event.event_id] = name
+        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs_s = event.activity_task_started_event_attributes
+            if scheduled.get(attrs_s.scheduled_event_id) == "call_model":
+                row.model_attempts += attrs_s.attempt
+        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            sid = event.activity_task_completed_event_attributes.scheduled_event_id
+            if scheduled.get(sid) == "call_model":
+                row.turns += 1
+        elif et == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+            row.handoff_child = (
+                event.start_child_workflow_execution_initiated_event_attributes.workflow_id
+            )
+        elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            attrs_c = event.workflow_execution_continued_as_new_event_attributes
+            nxt: SessionInput = await _decode(client, attrs_c.input.payloads, SessionInput)
+            row.end = event.event_time.ToDatetime()
+            row.status = "CONTINUED_AS_NEW"
+            row.termination = nxt.handoff_reason.value if nxt.handoff_reason else "HANDOFF"
+            if nxt.ledger is not None:
+                row.tokens_at_handoff = nxt.ledger.occupancy
+            if nxt.handoff is not None:
+                row.payload_tokens = nxt.handoff.prompt_tokens
+                row.handoff_summary = nxt.handoff.summary()
+        elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+            attrs_d = event.workflow_execution_completed_event_attributes
+            res: SessionResult = await _decode(client, attrs_d.result.payloads, SessionResult)
+            row.end = event.event_time.ToDatetime()
+            row.status = "COMPLETED"
+            row.termination = res.reason.value
+            row.tokens_at_handoff = res.ledger.occupancy
+            if res.final_handoff is not None:
+                row.payload_tokens = res.final_handoff.prompt_tokens
+        elif et in (
+            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+        ):
+            row.end = event.event_time.ToDatetime()
+            row.status = EventType.Name(et).removeprefix("EVENT_TYPE_WORKFLOW_EXECUTION_")
+            row.termination = row.status
+    if not row.status:
+        row.status = "RUNNING"
+    return row
+
+
+async def session_chain(client: Client, workflow_id: str) -> list[RunSummary]:
+    """Every run of a session (all generations), oldest first.
+
+    Walks back from the latest run through each start event's
+    `continued_execution_run_id`, so it does not depend on visibility indexing.
+    """
+    desc = await client.get_workflow_handle(workflow_id).describe()
+    rows: list[RunSummary] = []
+    run_id = desc.run_id
+    while run_id:
+        row = await run_summary(client, workflow_id, run_id)
+        rows.append(row)
+        run_id = row.previous_run_id
+    return rows[::-1]

@@ -1,0 +1,44 @@
+"""Offline testing kit: a loopback fake Anthropic Messages API and scripted agents.
+
+Point the real ``anthropic`` client at `FakeAnthropicServer.base_url` to run agent
+sessions without network access or an API key::
+
+    from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+
+    with FakeAnthropicServer(brain=ScriptedAgentBrain(tasks_per_turn=2)) as server:
+        client = anthropic.Anthropic(base_url=server.base_url, api_key="test")
+"""
+
+from temporal_handoff.testing.brain import (
+    ALL_TASKS_COMPLETE,
+    AWAITING_DECISION,
+    NEXT_ELIGIBLE_RE,
+    Brain,
+    BrainReply,
+    EchoBrain,
+    ScriptedAgentBrain,
+    stable_hash,
+)
+from temporal_handoff.testing.fake_server import (
+    DEFAULT_ERROR_TYPES,
+    FakeAnthropicServer,
+    Fault,
+    RequestRecord,
+    count_tokens,
+)
+
+__all__ = [
+    "ALL_TASKS_COMPLETE",
+    "AWAITING_DECISION",
+    "DEFAULT_ERROR_TYPES",
+    "NEXT_ELIGIBLE_RE",
+    "Brain",
+    "BrainReply",
+    "EchoBrain",
+    "FakeAnthropicServer",
+    "Fault",
+    "RequestRecord",
+    "ScriptedAgentBrain",
+    "count_tokens",
+    "stable_hash",
+]

