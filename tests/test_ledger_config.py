@@ -97,5 +97,5 @@ def test_bad_config_names_the_field(kwargs: dict, field: str) -> None:
 def test_good_config_defaults() -> None:
     cfg = SessionConfig(successor_model="claude-haiku-4-5")
     assert (cfg.warn_threshold, cfg.handoff_threshold, cfg.max_generations) == (0.75, 0.9, 20)
-    assert cfg.model_for(0) == "claude-sonnet-4-5"
+    assert cfg.model_for(0) == "claude-sonnet-4-6"
     assert cfg.model_for(3) == "claude-haiku-4-5"

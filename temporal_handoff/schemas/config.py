@@ -28,7 +28,7 @@ class SessionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(default="claude-sonnet-4-5", min_length=1, max_length=128)
+    model: str = Field(default="claude-sonnet-4-6", min_length=1, max_length=128)
     """Model id for generation 0."""
     successor_model: str | None = Field(default=None, min_length=1, max_length=128)
     """Model id for generations ≥ 1 (defaults to `model`)."""

@@ -817,8 +817,17 @@ def _progress_line(p: Progress) -> str:
     return f"{phase}. Overall {p.done}/{p.total} tasks done ({pct}%){tail}."
 
 
-def _task_line(t: TaskItem, n: int = 120) -> str:
-    return f"- `{t.id}` {_clip(t.title, n)}".rstrip()
+# Line formatters. `n` is the character allowance for free text; 0 means ids only
+# (the last resort before anything critical would be left out).
+
+
+def _task_line(t: TaskItem, n: int) -> str:
+    line = f"- `{t.id}`"
+    if n:
+        line += f" {_clip(t.title, n)}".rstrip()
+        if t.last_error:
+            line += f" — failed before (attempts {t.attempts}): {_clip(t.last_error, n)}"
+    return line
 
 
 def _done_line(t: TaskItem, n: int) -> str:
@@ -831,23 +840,32 @@ def _done_line(t: TaskItem, n: int) -> str:
 def _blocker_line(b: BlockerItem, n: int) -> str:
     on = f" on `{b.task_id}`" if b.task_id else ""
     wait = " — needs a human decision" if b.type == BlockerType.HUMAN_DECISION else ""
-    return f"- `{b.id}` [{b.type.value}]{on}: {_clip(b.description, n, 'blockers')}{wait}"
+    text = f": {_clip(b.description, n, 'blockers')}" if n else ""
+    return f"- `{b.id}` [{b.type.value}]{on}{text}{wait}"
+
+
+def _resolved_line(b: BlockerItem, n: int) -> str:
+    res = f": {_clip(b.resolution, n, 'blockers')}" if n and b.resolution else ""
+    return f"- `{b.id}` on `{b.task_id}` is resolved (do not raise it again){res}"
 
 
 def _decision_line(d: DecisionItem, n: int) -> str:
-    who = f" ({d.by})" if d.human else ""
+    who = f" ({_clip(d.by, 60)})" if d.human else ""
     res = f" (resolves `{d.blocker_id}`)" if d.blocker_id else ""
-    line = f"- `{d.id}`{who}{res}: {_clip(d.title, n, 'decisions' if d.human else None)}"
-    if d.rationale and n > 60:
-        line += f" — {_clip(d.rationale, n, 'decisions' if d.human else None)}"
+    line = f"- `{d.id}`{who}{res}"
+    if n:
+        line += f": {_clip(d.title, n, 'decisions' if d.human else None)}"
+        if d.rationale and n > 60:
+            line += f" — {_clip(d.rationale, n, 'decisions' if d.human else None)}"
     return line
 
 
 def _failed_line(f: FailedTaskItem, n: int) -> str:
-    line = f"- `{f.id}` (attempts {f.attempts}): {_clip(f.error or 'failed', n, 'tasks')}"
-    if f.tried and n > 60:
-        tried = "; ".join(_clip(x, max(40, n // 2)) for x in f.tried)
-        line += f" Tried before: {tried}"
+    line = f"- `{f.id}` (attempts {f.attempts})"
+    if n:
+        line += f": {_clip(f.error or 'failed', n, 'tasks')}"
+        if f.tried and n > 60:
+            line += " Tried before: " + "; ".join(_clip(x, max(40, n // 2)) for x in f.tried)
     return line
 
 
@@ -872,6 +890,7 @@ def _ids(ids: list[str], limit: int) -> str:
 
 
 def _delta_lines(d: HandoffDelta, limit: int) -> list[str]:
+    """The "since last handoff" section: ids of what changed, counts of the rest."""
     if d.empty:
         return ["- No state changes recorded since the last handoff."]
     out = []
@@ -890,7 +909,9 @@ def _delta_lines(d: HandoffDelta, limit: int) -> list[str]:
     if d.phase:
         out.append(f"- Phase set to `{d.phase}`")
     if d.files:
-        out.append(f"- Files noted ({len(d.files)}): {', '.join(_clip(p, 80) for p in d.files[:limit])}")
+        shown = ", ".join(_clip(p, 80) for p in d.files[:limit])
+        more = f" +{len(d.files) - limit} more" if len(d.files) > limit else ""
+        out.append(f"- Files noted ({len(d.files)}): {shown}{more}")
     misc = [
         f"{n} {label}"
         for n, label in (
@@ -905,25 +926,40 @@ def _delta_lines(d: HandoffDelta, limit: int) -> list[str]:
     return out
 
 
-def _lookup_lines(lk: LookupHints, max_runs: int) -> list[str]:
+def _recall_syntax(lk: LookupHints) -> str:
+    sections = "|".join(f'"{s}"' for s in lk.recall_sections)
+    return (
+        f'{{"generation": <int>, "section": {sections}, "ids": [optional ids]}}'
+    )
+
+
+def _lookup_lines(lk: LookupHints, max_runs: int, short: bool = False) -> list[str]:
+    recall = (
+        f"- `{lk.recall_tool}` tool input: {_recall_syntax(lk)}; "
+        f"this handoff's full state is generation {lk.generation}."
+    )
+    if short:
+        return [recall]
     runs = lk.lineage[-max_runs:]
     earlier = len(lk.lineage) - len(runs)
-    runs_txt = ", ".join(f"gen {r.generation} run `{r.run_id}`" for r in runs) or "(none)"
+    runs_txt = ", ".join(f"gen {r.generation} `{r.run_id}`" for r in runs) or "(none)"
     if earlier:
-        runs_txt += f" (+{earlier} earlier)"
-    return [
-        f"- Session workflow `{lk.workflow_id}`; runs: {runs_txt}.",
-        f'- Anything omitted is recallable: call the `{lk.recall_tool}` tool with '
-        f'{{"generation": <int>, "section": "{"|".join(lk.recall_sections)}", '
-        f'"ids": [optional ids]}}; this handoff\'s full state is generation {lk.generation}.',
-    ]
+        runs_txt += f" (+{earlier} earlier, recall by generation)"
+    return [f"- Workflow `{lk.workflow_id}`, runs: {runs_txt}.", recall]
 
 
-def next_eligible_line(ids: list[str]) -> str:
-    """The one line the agent parses for its next tasks (ids backticked)."""
-    if not ids:
+def next_eligible_line(ids: list[str], more: int = 0) -> str:
+    """The one line the agent parses for its next tasks (ids backticked).
+
+    Args:
+        ids: The eligible task ids, in order.
+        more: Eligible ids left off the line (only when even ids cannot fit the
+            top budget); written without backticks so they are not misread as ids.
+    """
+    if not ids and not more:
         return "Next eligible tasks: (none)"
-    return "Next eligible tasks: " + ", ".join(f"`{x}`" for x in ids)
+    line = "Next eligible tasks: " + ", ".join(f"`{x}`" for x in ids)
+    return line + (f" and {more} more" if more else "")
 
 
 # ---- rendering --------------------------------------------------------------------
@@ -936,37 +972,96 @@ class _Section:
     key: str
     header: str | None
     fixed: list[str] = field(default_factory=list)
+    """Critical sections: one line per critical item. Others: always-kept lines."""
     items: list[str] = field(default_factory=list)
+    """Optional lines in preference order (non-critical sections)."""
     total: int = 0
     """Items in the state for this section (≥ len(items)); the excess is pointed to."""
-    recall: str | None = None
+    recall: str = "tasks"
     priority: int = 100
     critical: bool = False
     cap: int = 1_000
+    ids: list[str] = field(default_factory=list)
+    """The `next` section only: eligible ids for the eligible line."""
     # Packing results.
     included: bool = False
     n_items: int = 0
+    refs: list[_Section] = field(default_factory=list)
+    """The `index` section only: the optional sections it summarizes."""
+    cut: int = 0
+    """Critical lines left out (last resort); replaced by a count + recall pointer."""
+    id_cut: int = 0
 
-    def pointer_line(self, lookup: LookupHints, omitted: int) -> str:
-        return f"… and {omitted} more (recall with `recall` tool: {lookup.pointer(self.recall or self.key)})"
+
+def _pointer(lk: LookupHints, recall: str) -> str:
+    return f"(recall with `recall` tool: {lk.pointer(recall)})"
 
 
-# Per level: characters per free-text field, and how many items each optional
-# section may show at most (the budget usually binds first).
-_TEXT_N = {CompressionLevel.MINIMAL: 60, CompressionLevel.STANDARD: 110, CompressionLevel.FULL: 200}
+def _block_lines(s: _Section, lk: LookupHints) -> list[str]:
+    lines = [s.header] if s.header else []
+    if s.key == "next":
+        shown = s.ids[: len(s.ids) - s.id_cut]
+        lines.append(next_eligible_line(shown, s.id_cut))
+        if s.id_cut:
+            # Never on the eligible line itself: the agent reads every backticked
+            # token there as a task id.
+            lines.append(f"The other {s.id_cut} eligible tasks: {_pointer(lk, s.recall)}")
+        lines += s.fixed[: len(s.fixed) - s.cut]
+    else:
+        lines += s.fixed[: len(s.fixed) - s.cut]
+        if s.cut:
+            lines.append(f"… and {s.cut} more {_pointer(lk, s.recall)}")
+    if s.key == "index":
+        # One terse entry per optional section that shows no items at all.
+        entries = [
+            f"{_LABELS.get(r.key, r.key)}: {r.total} (section \"{r.recall}\")"
+            for r in s.refs
+            if r.total > 0 and r.n_items == 0
+        ]
+        if entries:
+            lines.append("; ".join(entries) + ".")
+        return lines
+    lines += s.items[: s.n_items]
+    omitted = s.total - s.n_items
+    if not s.critical and omitted > 0:
+        lines.append(f"… and {omitted} more {_pointer(lk, s.recall)}")
+    return lines
+
+
+_LABELS = {
+    "since_last_handoff": "Since last handoff",
+    "recent_human_input": "Recent human input",
+    "decisions": "Agent decisions",
+    "work_completed": "Work completed",
+    "errors": "Errors",
+    "rejected_alternatives": "Rejected alternatives",
+    "todos": "Todos",
+    "files": "Files",
+    "tool_state": "Tool state",
+    "environment": "Environment",
+}
+
+
+def _assemble(secs: list[_Section], lk: LookupHints) -> str:
+    blocks = ["\n".join(_block_lines(s, lk)) for s in secs if s.included]
+    return "\n\n".join(blocks) + "\n"
+
+
+# Per level: characters per free-text field of optional / critical items, and how
+# many items each optional section may show at most (the budget usually binds first).
+_TEXT_N = {CompressionLevel.MINIMAL: 60, CompressionLevel.STANDARD: 110, CompressionLevel.FULL: 180}
 _CRIT_N = {CompressionLevel.MINIMAL: 160, CompressionLevel.STANDARD: 300, CompressionLevel.FULL: 500}
 _CAPS: dict[str, tuple[int, int, int]] = {
-    "goal": (1, 1, 1),
-    "since_last_handoff": (4, 12, 12),
+    "since_last_handoff": (6, 12, 14),
     "recent_human_input": (1, 3, 5),
-    "decisions": (2, 6, 12),
-    "work_completed": (0, 6, 14),
-    "errors": (1, 4, 8),
-    "rejected_alternatives": (0, 3, 6),
-    "todos": (1, 4, 8),
-    "files": (0, 4, 8),
-    "tool_state": (0, 4, 8),
-    "environment": (0, 4, 10),
+    "decisions": (2, 8, 20),
+    "work_completed": (0, 8, 24),
+    "errors": (1, 4, 10),
+    "rejected_alternatives": (0, 3, 8),
+    "todos": (1, 4, 10),
+    "files": (0, 4, 12),
+    "tool_state": (0, 4, 10),
+    "environment": (0, 4, 12),
 }
 
 # Packing priority (lower first) per template.
@@ -999,61 +1094,71 @@ _LEADS = {
         "The previous generation hit failures. Read each failed task's error and what was "
         "tried before; do not repeat a failed approach unchanged. Retry with a different "
         "approach, or open a blocker if it needs a human.",
+        "Failures happened: do not repeat a failed approach unchanged.",
     ),
     "multi_day": (
         "## Resuming after a long pause",
         "The session was paused for {pause}. Before working on any task, re-check the "
         "environment: tool versions, services, credentials and the files listed below may "
         "have changed. Record differences with set_environment or record_error.",
+        "Paused for {pause}: re-check the environment before any task.",
     ),
 }
 
 
-def _sections(doc: HandoffDocument, template: str, level: CompressionLevel, crit_mode: str) -> list[_Section]:
-    """All prompt sections in display order (critical ones flagged)."""
+def _sections(
+    doc: HandoffDocument, template: str, level: CompressionLevel, mode: str
+) -> list[_Section]:
+    """All prompt sections in display order, critical ones flagged.
+
+    `mode` shrinks critical texts as a last resort before leaving anything out:
+    ``verbose`` → ``compact`` (short texts) → ``ids`` (ids only, terse frame).
+    """
     a, lk = doc.agent, doc.lookup
     n = _TEXT_N[level]
-    # Critical texts shrink as a last resort before dropping anything: "verbose" →
-    # "compact" (short texts) → "ids" (ids with minimal text).
-    cn = {"verbose": _CRIT_N[level], "compact": 80, "ids": 0}[crit_mode]
+    cn = {"verbose": _CRIT_N[level], "compact": 80, "ids": 0}[mode]
+    terse = mode == "ids"
     prio = _PRIORITY[template]
     li = LEVEL_ORDER.index(level)
     secs: list[_Section] = []
 
-    def add(key: str, header: str | None, **kw: Any) -> _Section:
+    def add(key: str, header: str | None, **kw: Any) -> None:
         s = _Section(key=key, header=header, **kw)
         if not s.critical:
             s.priority = prio.get(key, 100)
-            s.cap = _CAPS.get(key, (3, 6, 12))[li]
+            s.cap = min(s.cap, _CAPS.get(key, (3, 6, 12))[li])
         secs.append(s)
-        return s
 
-    add(
-        "header",
-        None,
-        critical=True,
-        fixed=[
-            f"# Handoff: session `{a.session_id}`, generation {a.generation} → "
-            f"{a.next_generation} ({a.reason.value})",
-            "You are continuing this agent session in a fresh context. This is a compact "
-            "handoff from the previous generation; anything omitted can be fetched with the "
-            "`recall` tool (see Lookup hints). Trust it over assumptions.",
-            _usage_line(doc),
-        ],
+    title = (
+        f"# Handoff: session `{a.session_id}`, generation {a.generation} → "
+        f"{a.next_generation} ({a.reason.value})"
     )
+    frame = [title]
+    if not terse:
+        frame.append(
+            "You continue this session in a fresh context. This compact handoff is your "
+            "memory; fetch anything omitted with the `recall` tool."
+        )
+        frame.append(_usage_line(doc, short=li == 0))
+    add("header", None, critical=True, fixed=frame)
     if template in _LEADS:
-        head, text = _LEADS[template]
-        add("lead", head, critical=True, fixed=[text.format(pause=_duration(doc.paused_seconds))])
-    goal_items = []
+        head, text, short = _LEADS[template]
+        lead = (short if terse or li == 0 else text).format(pause=_duration(doc.paused_seconds))
+        add("lead", head, critical=True, fixed=[lead])
+
+    # Goal and request are short context the agent cannot work without; clipped
+    # texts say so (the full request is in every generation's recallable state).
+    gn = 80 if terse else 3 * n
+    goal = []
     if doc.goal:
-        goal_items.append(f"Goal: {_clip(doc.goal, 3 * n)}")
+        goal.append(f"Goal: {_clip(doc.goal, gn, 'tasks')}")
     if doc.original_request and doc.original_request != doc.goal:
-        goal_items.append(f"Original request: {_clip(doc.original_request, 3 * n)}")
-    add("goal", "## Goal", items=goal_items, total=len(goal_items), cap=len(goal_items))
-    secs[-1].cap = len(goal_items)
+        goal.append(f"Original request: {_clip(doc.original_request, gn, 'tasks')}")
+    if goal:
+        add("goal", "## Goal", critical=True, fixed=goal)
 
     prog = [_progress_line(doc.progress)]
-    if doc.progress.milestones and crit_mode == "verbose":
+    if doc.progress.milestones and not terse and li > 0:
         prog.append("Milestones: " + "; ".join(_clip(m, 60) for m in doc.progress.milestones[-3:]))
     add("progress", "## Progress", critical=True, fixed=prog)
     if doc.open_blockers:
@@ -1062,6 +1167,14 @@ def _sections(doc: HandoffDocument, template: str, level: CompressionLevel, crit
             f"## Open blockers ({len(doc.open_blockers)})",
             critical=True,
             fixed=[_blocker_line(b, cn) for b in doc.open_blockers],
+            recall="blockers",
+        )
+    if doc.resolved_blockers:
+        add(
+            "resolved_blockers",
+            "## Resolved blockers on tasks still to do",
+            critical=True,
+            fixed=[_resolved_line(b, cn // 2) for b in doc.resolved_blockers],
             recall="blockers",
         )
     if doc.human_decisions:
@@ -1073,25 +1186,34 @@ def _sections(doc: HandoffDocument, template: str, level: CompressionLevel, crit
             recall="decisions",
         )
     if doc.failed_tasks:
-        title = "## Failed tasks — what failed, what was tried" if template == "error_recovery" else "## Failed tasks"
+        head = "## Failed tasks" + (
+            " — what failed, what was tried" if template == "error_recovery" else ""
+        )
         add(
             "failed_tasks",
-            f"{title} ({len(doc.failed_tasks)})",
+            f"{head} ({len(doc.failed_tasks)})",
             critical=True,
             fixed=[_failed_line(f, cn) for f in doc.failed_tasks],
             recall="tasks",
         )
-    nxt = [_task_line(t, 80 if cn else 0) for t in doc.next_eligible[:5]] if cn and len(doc.next_eligible) <= 5 else []
+    # Detail lines (titles, earlier errors) for a short eligible list; the ids line
+    # itself is what the agent acts on.
+    details = [
+        _task_line(t, min(cn, 100))
+        for t in doc.next_eligible[:8]
+        if cn and (li > 0 or t.last_error)
+    ]
     add(
         "next",
         "## Next",
         critical=True,
-        fixed=[next_eligible_line([t.id for t in doc.next_eligible]), *nxt],
+        ids=[t.id for t in doc.next_eligible],
+        fixed=details,
         recall="tasks",
     )
 
-    delta = _delta_lines(doc.since_last_handoff, 12 if level != CompressionLevel.MINIMAL else 6)
     if not doc.since_last_handoff.empty:
+        delta = _delta_lines(doc.since_last_handoff, 12 if li else 6)
         add(
             "since_last_handoff",
             f"## Since last handoff ({doc.since_last_handoff.events} events)",
@@ -1100,7 +1222,13 @@ def _sections(doc: HandoffDocument, template: str, level: CompressionLevel, crit
             recall="tasks",
         )
     human = [f"- {_clip(x, 2 * n)}" for x in reversed(doc.recent_human_input)]
-    add("recent_human_input", "## Recent human input", items=human, total=len(human), recall="human_messages")
+    add(
+        "recent_human_input",
+        "## Recent human input (newest first)",
+        items=human,
+        total=len(human),
+        recall="human_messages",
+    )
     add(
         "decisions",
         f"## Agent decisions ({doc.total('decisions')}, newest first)",
@@ -1117,7 +1245,7 @@ def _sections(doc: HandoffDocument, template: str, level: CompressionLevel, crit
     )
     add(
         "errors",
-        f"## Errors ({doc.total('errors')})",
+        f"## Errors ({doc.total('errors')}, tasks still to do first)",
         items=[_error_line(e, n) for e in doc.errors],
         total=doc.total("errors"),
         recall="errors",
@@ -1138,7 +1266,7 @@ def _sections(doc: HandoffDocument, template: str, level: CompressionLevel, crit
     )
     add(
         "files",
-        f"## Files ({doc.total('files')})",
+        f"## Files ({doc.total('files')}, newest first)",
         items=[_file_line(f, n) for f in doc.files],
         total=doc.total("files"),
         recall="files",
@@ -1147,63 +1275,72 @@ def _sections(doc: HandoffDocument, template: str, level: CompressionLevel, crit
         "tool_state",
         "## Tool state",
         items=[f"- {_clip(k, 60)}: {_clip(v, n)}" for k, v in sorted(doc.tool_state.items())],
-        total=doc.total("tool_state") or len(doc.tool_state),
+        total=max(doc.total("tool_state"), len(doc.tool_state)),
         recall="environment",
     )
     add(
         "environment",
         "## Environment" + (" — re-check first" if template == "multi_day" else ""),
         items=[f"- {_clip(k, 60)}: {_clip(v, n)}" for k, v in sorted(doc.environment.items())],
-        total=doc.total("environment") or len(doc.environment),
+        total=max(doc.total("environment"), len(doc.environment)),
         recall="environment",
+    )
+    add(
+        "index",
+        f"## Not shown (recall with `recall` tool, generation {lk.generation})",
+        refs=[x for x in secs if not x.critical],
+        recall="tasks",
     )
     add(
         "lookup",
         "## Lookup hints",
         critical=True,
-        fixed=_lookup_lines(lk, {"verbose": 3 + 2 * li, "compact": 2, "ids": 1}[crit_mode]),
+        fixed=_lookup_lines(lk, 1 + 2 * li, short=terse),
     )
-    add("instructions", "## Instructions", critical=True, fixed=[_instructions(doc, template)])
+    add(
+        "instructions",
+        "## Instructions",
+        critical=True,
+        fixed=[_instructions(doc, template, terse or li == 0)],
+    )
     return secs
 
 
-def _usage_line(doc: HandoffDocument) -> str:
+def _usage_line(doc: HandoffDocument, short: bool = False) -> str:
     t = doc.tokens
+    if short:
+        return (
+            f"Context at handoff: {t.usage_fraction:.0%} of {t.context_window:,}; "
+            f"spend ${t.cost_usd:.2f}."
+        )
     model = f"Model {doc.agent.model}; " if doc.agent.model else ""
     return (
-        f"{model}context was {t.occupancy:,}/{t.context_window:,} tokens ({t.usage_fraction:.0%}); "
-        f"session spend {t.total_tokens:,} tokens, ${t.cost_usd:.2f}, {t.calls} calls."
+        f"{model}context was {t.occupancy:,}/{t.context_window:,} tokens "
+        f"({t.usage_fraction:.0%}); session spend {t.total_tokens:,} tokens, "
+        f"${t.cost_usd:.2f}, {t.calls} calls."
     )
 
 
-def _instructions(doc: HandoffDocument, template: str) -> str:
-    if not doc.next_eligible and doc.progress.total and doc.progress.done >= doc.progress.total:
+def _instructions(doc: HandoffDocument, template: str, terse: bool = False) -> str:
+    p = doc.progress
+    if not doc.next_eligible and p.total and p.done >= p.total:
         return "All tasks are done: verify the goal is met and finish."
+    wait = any(b.type == BlockerType.HUMAN_DECISION for b in doc.open_blockers)
+    if terse:
+        return (
+            "Continue with the next eligible tasks; record progress with the state tools."
+            + (" Wait for human decisions on open blockers." if wait else "")
+        )
     parts = []
     if template == "multi_day":
         parts.append("Re-check the environment first.")
-    if any(b.type == BlockerType.HUMAN_DECISION for b in doc.open_blockers):
+    if wait:
         parts.append("Do not work around open human_decision blockers; wait for the decision.")
     parts.append(
         "Continue with the next eligible tasks in order and record progress with the state "
         "tools (complete_task, fail_task, record_decision, add_blocker)."
     )
     return " ".join(parts)
-
-
-def _block_lines(s: _Section, lookup: LookupHints) -> list[str]:
-    lines = [s.header] if s.header else []
-    lines += s.fixed
-    lines += s.items[: s.n_items]
-    omitted = s.total - s.n_items
-    if not s.critical and omitted > 0 and s.recall:
-        lines.append(s.pointer_line(lookup, omitted))
-    return lines
-
-
-def _assemble(secs: list[_Section], lookup: LookupHints) -> str:
-    blocks = ["\n".join(_block_lines(s, lookup)) for s in secs if s.included]
-    return "\n\n".join(blocks) + "\n"
 
 
 def render_prompt(
@@ -1214,25 +1351,27 @@ def render_prompt(
     calibration: float = 1.0,
     template: str | None = None,
 ) -> HandoffPayload:
-    """Pack `doc` into a continuation prompt within the level's token budget.
+    """Pack `doc` into a continuation prompt within a level's token budget.
 
-    Critical items are always included by id. If they do not fit the requested
-    level, the next level is tried (``escalated=True`` and a ``note``). At the
-    top level they are shortened (texts clipped with an explicit marker, ids kept),
-    and only if even the ids cannot fit are some left to a recall pointer — again
-    flagged in ``escalated``/``note``. The budget itself is never exceeded.
+    Critical items (current phase, open blockers, human decisions, failed tasks,
+    next eligible tasks) are always included by id. If they do not fit the
+    requested level, the next level is tried (``escalated=True`` with a ``note``).
+    At the top level their texts are shortened (ids kept), and only if even the
+    ids cannot fit are some replaced by a count plus recall pointer — again flagged
+    in ``escalated``/``note``. Nothing is ever cut silently.
 
     Args:
         doc: The document to render.
         level: Requested compression level.
         budgets: Token budget per level; missing levels use the defaults.
         count: Raw token counter (tiktoken in the activity).
-        calibration: Multiplier from raw counts to the model's tokens; the prompt's
+        calibration: Multiplier from raw counts to the model's tokens; a prompt's
             tokens are ``ceil(count(prompt) * calibration)``.
-        template: Override of ``doc.agent.template`` / the level-based choice.
+        template: Override of the document's template.
 
     Returns:
-        The payload, with ``prompt_tokens <= budget``.
+        The payload. ``prompt_tokens <= budget`` unless the budget cannot hold even
+        the ids-only frame (then ``escalated`` and ``note`` say so).
     """
     requested = CompressionLevel(level)
     bud = default_budgets()
@@ -1240,73 +1379,76 @@ def render_prompt(
         bud[CompressionLevel(k)] = int(v)
     cal = calibration if calibration > 0 else 1.0
     tpl = template or doc.agent.template
-    if tpl == "standard" and requested == CompressionLevel.MINIMAL and template is None:
+    # The document's automatic choice does not know the level: a minimal request
+    # in an otherwise ordinary situation uses the minimal template.
+    if template is None and tpl == "standard" and requested == CompressionLevel.MINIMAL:
         tpl = "minimal"
     if tpl not in TEMPLATES:
-        raise ValueError(f"unknown template {tpl!r}")
+        raise ValueError(f"unknown template {tpl!r}; expected one of {', '.join(TEMPLATES)}")
 
     cache: dict[str, int] = {}
 
     def raw(text: str) -> int:
-        # Each line is tokenized once per render; the same line recurs across
-        # attempts (levels/modes), so memoize.
+        # Lines recur across attempts (levels, modes) and packing steps: count once.
         got = cache.get(text)
         if got is None:
             got = cache[text] = count(text)
         return got
 
-    def calibrated(n: int) -> int:
-        return math.ceil(n * cal - 1e-9)
+    def calibrated(x: int) -> int:
+        return math.ceil(x * cal - 1e-9) if x else 0
 
-    start = LEVEL_ORDER.index(requested)
-    attempts: list[tuple[CompressionLevel, str]] = [(lv, "verbose") for lv in LEVEL_ORDER[start:]]
-    attempts += [(CompressionLevel.FULL, "compact"), (CompressionLevel.FULL, "ids")]
+    top = CompressionLevel.FULL
+    attempts = [(lv, "verbose") for lv in LEVEL_ORDER[LEVEL_ORDER.index(requested) :]]
+    attempts += [(top, "compact"), (top, "ids")]
     for i, (lv, mode) in enumerate(attempts):
-        last = i == len(attempts) - 1
-        result = _try_pack(doc, tpl, lv, mode, bud[lv], raw, calibrated, force=last)
-        if result is None:
+        packed = _pack(doc, tpl, lv, mode, bud[lv], raw, calibrated, force=i == len(attempts) - 1)
+        if packed is None:
             continue
-        prompt, secs, dropped = result
+        prompt, secs = packed
+        tokens = calibrated(count(prompt))
+        dropped = sum(s.cut + s.id_cut for s in secs if s.critical and s.key != "next") + sum(
+            s.id_cut for s in secs if s.key == "next"
+        )
         notes = []
-        escalated = lv != requested or mode != "verbose" or bool(dropped)
         if lv != requested:
             notes.append(
-                f"critical items did not fit the {requested.value} budget ({bud[requested]} "
-                f"tokens); escalated to {lv.value} ({bud[lv]} tokens)"
+                f"critical items did not fit the {requested.value} budget "
+                f"({bud[requested]} tokens); escalated to {lv.value} ({bud[lv]} tokens)"
             )
         if mode != "verbose":
             notes.append(f"critical item texts shortened ({mode}); ids kept, full text via recall")
         if dropped:
             notes.append(
-                f"{dropped} critical item(s) did not fit even the {lv.value} budget and are "
-                "listed by recall pointer only"
+                f"{dropped} critical item(s) did not fit even the {lv.value} budget; they are "
+                "counted with a recall pointer instead"
             )
+        if tokens > bud[lv]:
+            notes.append(f"the {lv.value} budget ({bud[lv]}) cannot hold the prompt frame")
         delta = next((s for s in secs if s.key == "since_last_handoff" and s.included), None)
-        delta_tokens = (
-            calibrated(raw("\n".join(_block_lines(delta, doc.lookup)))) if delta else 0
-        )
-        omitted = {
-            s.key: s.total - s.n_items
-            for s in secs
-            if not s.critical and s.total - (s.n_items if s.included else 0) > 0
-        }
         return HandoffPayload(
             document=doc,
             prompt=prompt,
-            prompt_tokens=calibrated(count(prompt)),
+            prompt_tokens=tokens,
             level=lv,
             requested_level=requested,
             budget=bud[lv],
-            escalated=escalated,
+            escalated=bool(notes),
             note="; ".join(notes),
             template=tpl,
-            delta_tokens=delta_tokens,
-            omitted=omitted,
+            delta_tokens=calibrated(raw("\n".join(_block_lines(delta, doc.lookup))))
+            if delta
+            else 0,
+            omitted={
+                s.key: s.total - s.n_items
+                for s in secs
+                if not s.critical and s.key != "index" and s.total - s.n_items > 0
+            },
         )
     raise AssertionError("unreachable: the last attempt is forced")  # pragma: no cover
 
 
-def _try_pack(
+def _pack(
     doc: HandoffDocument,
     template: str,
     level: CompressionLevel,
@@ -1315,134 +1457,103 @@ def _try_pack(
     raw: Callable[[str], int],
     calibrated: Callable[[int], int],
     force: bool,
-) -> tuple[str, list[_Section], int] | None:
+) -> tuple[str, list[_Section]] | None:
     """One packing attempt; None when the critical items do not fit (unless `force`)."""
     secs = _sections(doc, template, level, mode)
     lk = doc.lookup
-    # Per-line sums slightly overestimate the joined text (newline merges), and the
-    # final prompt is verified below; a small margin avoids most re-trims.
+    # Summing per-line counts slightly overestimates the joined text; the final
+    # prompt is verified once below, and the margin makes re-trimming rare.
     limit = budget - max(4, budget // 50)
 
-    def cost(lines: list[str]) -> int:
-        return sum(raw(x) for x in lines) + len(lines)  # + separators, conservatively
+    def cost(s: _Section) -> int:
+        lines = _block_lines(s, lk)
+        # Newlines mostly merge with the line's last token (".\n", ")\n"): about
+        # half a token per line plus one for the blank line between blocks.
+        return sum(raw(x) for x in lines) + (len(lines) + 1) // 2 + 1
 
-    used = 0
-    dropped = 0
-    for s in secs:
-        if s.critical:
-            s.included = True
-            used += cost(_block_lines(s, lk))
+    crit = [s for s in secs if s.critical]
+    for s in crit:
+        s.included = True
+    used = sum(cost(s) for s in crit)
     if calibrated(used) > limit:
         if not force:
             return None
-        # Last resort (ids mode at the top level): keep each critical section's
-        # header and as many lines as fit; say how many were left out.
-        dropped = _squeeze_critical(secs, lk, limit, cost, calibrated)
-        used = sum(cost(_block_lines(s, lk)) for s in secs if s.included)
+        _cut_critical(crit, lambda: calibrated(sum(cost(s) for s in crit)) > limit)
+        used = sum(cost(s) for s in crit)
 
-    # Pass 1: section skeletons (header + pointer), by priority, so every kind of
-    # content is at least counted and pointed to.
-    optional = sorted((s for s in secs if not s.critical and s.total > 0), key=lambda s: s.priority)
+    # Every optional section starts as one terse entry in the index ("Work
+    # completed: 60 (section "tasks")"), so each kind of content is at least
+    # counted and pointed to; then whole items are added by section priority.
+    index = next(s for s in secs if s.key == "index")
+    optional = sorted(index.refs, key=lambda s: s.priority)
+    if calibrated(used + cost(index)) <= limit:
+        index.included = True
+        used += cost(index)
     for s in optional:
-        c = cost(_block_lines(s, lk)) + 2
-        if calibrated(used + c) <= limit:
-            s.included = True
-            used += c
-    # Pass 2: items by priority, up to each section's cap.
-    for s in optional:
-        if not s.included:
-            continue
         while s.n_items < min(s.cap, len(s.items)):
-            before = cost(_block_lines(s, lk))
+            before = (cost(s) if s.included else 0) + (cost(index) if index.included else 0)
             s.n_items += 1
-            delta = cost(_block_lines(s, lk)) - before
-            if calibrated(used + delta) > limit:
+            was, s.included = s.included, True
+            after = cost(s) + (cost(index) if index.included else 0)
+            if calibrated(used + after - before) > limit:
                 s.n_items -= 1
+                s.included = was
                 break
-            used += delta
-    # Verify the real count once; trim lowest-priority items if joining made it worse.
+            used += after - before
+
+    # Verify the real count once; joining rarely changes it, but if it does, trim
+    # the lowest-priority items (then the index) until it fits.
     prompt = _assemble(secs, lk)
-    while calibrated(raw(prompt)) > budget:
-        victim = next(
-            (s for s in reversed(optional) if s.included and s.n_items > 0), None
-        ) or next((s for s in reversed(optional) if s.included), None)
-        if victim is None:
-            break
-        if victim.n_items > 0:
+
+    def over() -> bool:
+        return calibrated(raw(prompt)) > budget
+
+    while over():
+        victim = next((s for s in reversed(optional) if s.n_items), None)
+        if victim is not None:
             victim.n_items -= 1
+            victim.included = victim.n_items > 0
+        elif index.included:
+            index.included = False
         else:
-            victim.included = False
+            break
         prompt = _assemble(secs, lk)
-    if calibrated(raw(prompt)) > budget:
+    if over():
         if not force:
             return None
-        dropped += _squeeze_critical(secs, lk, limit - (calibrated(raw(prompt)) - budget), cost, calibrated)
-        prompt = _assemble(secs, lk)
-        while calibrated(raw(prompt)) > budget and _shrink_once(secs):
+
+        def still_over() -> bool:
+            nonlocal prompt
             prompt = _assemble(secs, lk)
-    return prompt, secs, dropped
+            return over()
+
+        _cut_critical(crit, still_over)
+    return prompt, secs
 
 
-def _squeeze_critical(
-    secs: list[_Section],
-    lk: LookupHints,
-    limit: int,
-    cost: Callable[[list[str]], int],
-    calibrated: Callable[[int], int],
-) -> int:
-    """Cut critical sections' item lines to fit `limit`, adding a recall pointer per cut.
+_CUTTABLE = ("open_blockers", "resolved_blockers", "human_decisions", "failed_tasks", "next")
 
-    Only used when even ids-only critical content exceeds the top level's budget.
-    The ``Next eligible tasks:`` line keeps as many ids as fit.
+
+def _cut_critical(crit: list[_Section], too_big: Callable[[], bool]) -> None:
+    """Last resort: leave critical lines out (counted, with a recall pointer) until it fits.
+
+    Detail lines of the eligible list go first (they are not critical items), then
+    one item at a time from the section that still shows the most.
     """
-    for s in secs:
-        if not s.critical:
-            s.included = False
-            s.n_items = 0
-    dropped = 0
-    # Shrink the largest sections first, but never their headers.
-    shrinkable = [s for s in secs if s.critical and s.key in _CUTTABLE]
-    while calibrated(sum(cost(_block_lines(s, lk)) for s in secs if s.included)) > limit:
-        big = max(shrinkable, key=lambda s: len(s.fixed), default=None)
-        if big is None or not _cut_one(big, lk):
-            break
-        dropped += 1
-    return dropped
-
-
-_CUTTABLE = ("open_blockers", "human_decisions", "failed_tasks", "next")
-
-
-def _cut_one(s: _Section, lk: LookupHints) -> bool:
-    """Remove one item from a critical section, keeping an explicit count + pointer."""
-    ptr = f"(recall with `recall` tool: {lk.pointer(s.recall or 'tasks')})"
-    if s.key == "next":
-        line = s.fixed[0]
-        ids = re.findall(r"`([^`\n]+)`", line)
-        m = re.search(r" and (\d+) more$", line)
-        more = int(m.group(1)) if m else 0
-        if not ids:
-            return False
-        # The eligible line carries no backticks after the ids (the agent reads
-        # every backticked token on it as an id); the pointer goes on a new line.
-        ids = ids[:-1]
-        s.fixed[0] = (
-            "Next eligible tasks: " + ", ".join(f"`{x}`" for x in ids) + f" and {more + 1} more"
-        )
-        s.fixed[1:] = [f"The remaining eligible tasks: {ptr}"]
-        return True
-    items = [x for x in s.fixed if not x.startswith("… and ")]
-    if not items:
-        return False
-    m = next((re.search(r"… and (\d+) more", x) for x in s.fixed if x.startswith("… and ")), None)
-    more = int(m.group(1)) if m else 0
-    s.fixed = items[:-1] + [f"… and {more + 1} more {ptr}"]
-    return True
-
-
-def _shrink_once(secs: list[_Section]) -> bool:
-    for s in reversed(secs):
-        if s.key in _CUTTABLE and len(s.fixed) > 1:
-            s.fixed.pop(-2 if s.fixed[-1].startswith("… and ") else -1)
-            return True
-    return False
+    nxt = next((s for s in crit if s.key == "next"), None)
+    while nxt is not None and nxt.cut < len(nxt.fixed) and too_big():
+        nxt.cut += 1
+    while too_big():
+        best, shown = None, 0
+        for s in crit:
+            if s.key not in _CUTTABLE:
+                continue
+            n = len(s.ids) - s.id_cut if s.key == "next" else len(s.fixed) - s.cut
+            if n > shown:
+                best, shown = s, n
+        if best is None:
+            return
+        if best.key == "next":
+            best.id_cut += 1
+        else:
+            best.cut += 1

@@ -67,10 +67,13 @@ PRICES: dict[str, ModelPrice] = {
     "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
     "claude-sonnet-4": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
     "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+    "claude-sonnet-4-6": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+    "claude-opus-4-6": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
     "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
     "claude-3-5-haiku": ModelPrice(input=0.8, output=4.0, cache_write=1.0, cache_read=0.08),
 }
-DEFAULT_PRICE = PRICES["claude-sonnet-4-5"]
+DEFAULT_PRICE = PRICES["claude-sonnet-4-6"]
+"""Models missing from the table are priced as Sonnet (say so in reports)."""
 
 # Context windows (input tokens) used when the Models API is unreachable.
 CONTEXT_WINDOWS: dict[str, int] = {
@@ -79,6 +82,8 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "claude-opus-4-5": 200_000,
     "claude-sonnet-4": 200_000,
     "claude-sonnet-4-5": 200_000,
+    "claude-sonnet-4-6": 200_000,
+    "claude-opus-4-6": 200_000,
     "claude-haiku-4-5": 200_000,
     "claude-3-5-haiku": 200_000,
 }

@@ -301,12 +301,16 @@ class ScriptedAgentBrain:
 
         whole = prompt_text(messages, request.get("system"))
         failed_before = {
-            e.input.get("task_id") for e in events if isinstance(e, _ToolUse) and e.name == "fail_task"
+            e.input.get("task_id")
+            for e in events
+            if isinstance(e, _ToolUse) and e.name == "fail_task"
         }
         uses: list[tuple[str, dict[str, Any]]] = []
         for task in todo:
-            if task in self.fail_first and task not in failed_before and not _mentions(
-                whole, f"fail-once:{task}"
+            if (
+                task in self.fail_first
+                and task not in failed_before
+                and not _mentions(whole, f"fail-once:{task}")
             ):
                 uses.append(
                     (
@@ -358,6 +362,11 @@ class ScriptedAgentBrain:
         for index, (name, tool_input) in enumerate(uses):
             digest = hashlib.sha256(f"{digest_base}\x00{index}".encode()).hexdigest()
             content.append(
-                {"type": "tool_use", "id": f"toolu_{digest[:24]}", "name": name, "input": tool_input}
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{digest[:24]}",
+                    "name": name,
+                    "input": tool_input,
+                }
             )
         return BrainReply(content=content)

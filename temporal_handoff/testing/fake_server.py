@@ -47,7 +47,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -492,9 +492,7 @@ class FakeAnthropicServer:
     # ---- accounting --------------------------------------------------------------
     def prompt_tokens(self, body: Mapping[str, Any]) -> int:
         """Prompt count of a Messages API body, exactly as the server reports it."""
-        text = prompt_text(
-            list(body.get("messages") or []), body.get("system"), body.get("tools")
-        )
+        text = prompt_text(list(body.get("messages") or []), body.get("system"), body.get("tools"))
         return count_tokens(text, self.drift)
 
     def output_tokens(self, content: Sequence[Mapping[str, Any]]) -> int:
@@ -516,8 +514,12 @@ class FakeAnthropicServer:
 
     def _usage(self, body: Mapping[str, Any], total: int) -> dict[str, int]:
         """Split the prompt count into input / cache write / cache read."""
-        usage = {"input_tokens": total, "cache_creation_input_tokens": 0,
-                 "cache_read_input_tokens": 0, "output_tokens": 0}
+        usage = {
+            "input_tokens": total,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 0,
+        }
         prefix = self._cache_prefix(body)
         if prefix is None:
             return usage
@@ -565,7 +567,7 @@ class FakeAnthropicServer:
         if sent != self.api_key and auth != f"Bearer {self.api_key}":
             raise _ApiError(401, "invalid x-api-key")
 
-    def _error_response(self, record: RequestRecord, err: _ApiError) -> web.Response:
+    def _error_response(self, record: RequestRecord, err: _ApiError) -> web.StreamResponse:
         body = {
             "type": "error",
             "error": {"type": err.error_type, "message": err.message},
@@ -611,7 +613,11 @@ class FakeAnthropicServer:
             )
         return fault
 
-    async def _guarded(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _guarded(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request, RequestRecord], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
         """Log the request, run the handler, map errors to API-shaped responses."""
         record = self._new_record(request)
         try:
@@ -629,7 +635,7 @@ class FakeAnthropicServer:
         except Exception as exc:  # noqa: BLE001 - a bug in a brain must not kill the server
             return self._error_response(record, _ApiError(500, f"fake server error: {exc!r}"))
 
-    async def _in_worker(self, fn: Any, *args: Any) -> Any:
+    async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
@@ -729,7 +735,9 @@ class FakeAnthropicServer:
         return response
 
     @staticmethod
-    async def _send_events(send: Any, message: dict[str, Any]) -> None:
+    async def _send_events(
+        send: Callable[[str, dict[str, Any]], Awaitable[None]], message: dict[str, Any]
+    ) -> None:
         """The real API's event sequence for one message."""
         usage = message["usage"]
         # Like the real API: message_start carries the input usage and a tiny
@@ -742,31 +750,47 @@ class FakeAnthropicServer:
             if kind == "text":
                 await send(
                     "content_block_start",
-                    {"type": "content_block_start", "index": index,
-                     "content_block": {"type": "text", "text": ""}},
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
                 )
                 if index == 0:
                     await send("ping", {"type": "ping"})
                 for piece in _chunks(str(block.get("text", "")), 24):
                     await send(
                         "content_block_delta",
-                        {"type": "content_block_delta", "index": index,
-                         "delta": {"type": "text_delta", "text": piece}},
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": piece},
+                        },
                     )
             elif kind == "tool_use":
                 await send(
                     "content_block_start",
-                    {"type": "content_block_start", "index": index,
-                     "content_block": {"type": "tool_use", "id": block.get("id"),
-                                       "name": block.get("name"), "input": {}}},
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": block.get("id"),
+                            "name": block.get("name"),
+                            "input": {},
+                        },
+                    },
                 )
                 # The real API sends an empty first delta, then JSON fragments.
                 partial = json.dumps(block.get("input", {}), separators=(",", ":"))
                 for piece in ["", *_chunks(partial, 32)]:
                     await send(
                         "content_block_delta",
-                        {"type": "content_block_delta", "index": index,
-                         "delta": {"type": "input_json_delta", "partial_json": piece}},
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        },
                     )
             else:
                 # Other block kinds are sent whole in content_block_start.
