@@ -42,15 +42,24 @@ def task_queue() -> str:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    client: Client, task_queue: str, base_url: str, **plugin_kwargs
+    client: Client,
+    task_queue: str,
+    base_url: str,
+    extra_workflows: list[type] | None = None,
+    **plugin_kwargs: object,
 ) -> AsyncIterator[Worker]:
     """A worker whose model activities talk to the fake server at `base_url`."""
     model = anthropic.AsyncAnthropic(base_url=base_url, api_key="test-key", max_retries=0)
-    plugin = HandoffPlugin(anthropic_client=model, **plugin_kwargs)
+    plugin = HandoffPlugin(anthropic_client=model, **plugin_kwargs)  # type: ignore[arg-type]
     # The worker's client carries the plugin, as a user would set it up; it shares the
     # fixture client's connection.
     config = client.config()
     config["plugins"] = [plugin]
-    worker = Worker(Client(**config), task_queue=task_queue, max_concurrent_activities=50)
+    worker = Worker(
+        Client(**config),
+        task_queue=task_queue,
+        workflows=extra_workflows or [],
+        max_concurrent_activities=50,
+    )
     async with worker:
         yield worker

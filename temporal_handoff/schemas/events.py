@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from temporal_handoff.schemas.config import CompressionLevel, DEFAULT_LEVEL_BUDGETS
+from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
 from temporal_handoff.schemas.handoff import RunRef
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
 from temporal_handoff.schemas.project import ProjectState, StateEvent

@@ -357,7 +357,7 @@ class FakeAnthropicServer:
             self._loop = loop
             try:
                 loop.run_until_complete(self._serve())
-            except BaseException as exc:  # noqa: BLE001 - surface bind errors to start()
+            except BaseException as exc:
                 failure.append(exc)
                 ready.set()
                 loop.close()
@@ -409,7 +409,7 @@ class FakeAnthropicServer:
             fut = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
             try:
                 fut.result(timeout=10)
-            except Exception as exc:  # noqa: BLE001 - best effort; the loop is stopped anyway
+            except Exception as exc:
                 _log.warning("fake Anthropic server cleanup failed: %r", exc)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
@@ -632,7 +632,7 @@ class FakeAnthropicServer:
             if transport is not None:
                 transport.close()
             raise web.HTTPInternalServerError() from None  # never reaches the client
-        except Exception as exc:  # noqa: BLE001 - a bug in a brain must not kill the server
+        except Exception as exc:
             return self._error_response(record, _ApiError(500, f"fake server error: {exc!r}"))
 
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:

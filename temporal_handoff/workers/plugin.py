@@ -26,7 +26,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from temporal_handoff.activities.handoff_activity import build_handoff
 from temporal_handoff.activities.model_activity import ModelActivities
-from temporal_handoff.activities.notify_activity import NotifyActivities, Notifier
+from temporal_handoff.activities.notify_activity import Notifier, NotifyActivities
 from temporal_handoff.activities.recall_activity import recall
 from temporal_handoff.activities.tokenizer import estimate_tokens
 from temporal_handoff.schemas.config import STATE_TOOL_NAMES
