@@ -3,6 +3,8 @@ with the scripted agent brain. The brain only knows what the prompts tell it."""
 
 from __future__ import annotations
 
+import itertools
+
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from temporal_handoff.chain import session_chain
@@ -61,7 +63,7 @@ async def test_169_tasks_across_generations(client: Client, task_queue: str) -> 
     # 90%, the next request belongs to a new generation (its prompt is smaller).
     assert all(r.status == 200 for r in requests)
     assert max(r.input_tokens or 0 for r in requests) <= WINDOW
-    for prev, nxt in zip(requests, requests[1:]):
+    for prev, nxt in itertools.pairwise(requests):
         assert prev.usage is not None
         occupied = sum(prev.usage.values())
         if occupied >= 0.9 * WINDOW:

@@ -821,11 +821,11 @@ def _progress_line(p: Progress) -> str:
 # (the last resort before anything critical would be left out).
 
 
-def _task_line(t: TaskItem, n: int) -> str:
+def _task_line(t: TaskItem, n: int, with_error: bool = True) -> str:
     line = f"- `{t.id}`"
     if n:
         line += f" {_clip(t.title, n)}".rstrip()
-        if t.last_error:
+        if t.last_error and with_error:
             line += f" — failed before (attempts {t.attempts}): {_clip(t.last_error, n)}"
     return line
 
@@ -839,9 +839,8 @@ def _done_line(t: TaskItem, n: int) -> str:
 
 def _blocker_line(b: BlockerItem, n: int) -> str:
     on = f" on `{b.task_id}`" if b.task_id else ""
-    wait = " — needs a human decision" if b.type == BlockerType.HUMAN_DECISION else ""
     text = f": {_clip(b.description, n, 'blockers')}" if n else ""
-    return f"- `{b.id}` [{b.type.value}]{on}{text}{wait}"
+    return f"- `{b.id}` [{b.type.value}]{on}{text}"
 
 
 def _resolved_line(b: BlockerItem, n: int) -> str:
@@ -894,15 +893,16 @@ def _delta_lines(d: HandoffDelta, limit: int) -> list[str]:
     if d.empty:
         return ["- No state changes recorded since the last handoff."]
     out = []
+    # Most consequential first: the packer keeps a prefix of these lines.
     for label, ids in (
-        ("Completed", d.completed),
-        ("Failed", d.failed),
-        ("Skipped", d.skipped),
-        ("Retried", d.retried),
-        ("Agent decisions", d.decisions),
-        ("Human decisions", d.human_decisions),
         ("Blockers opened", d.blockers_opened),
         ("Blockers resolved", d.blockers_resolved),
+        ("Human decisions", d.human_decisions),
+        ("Failed", d.failed),
+        ("Agent decisions", d.decisions),
+        ("Completed", d.completed),
+        ("Skipped", d.skipped),
+        ("Retried", d.retried),
     ):
         if ids:
             out.append(f"- {label} ({len(ids)}): {_ids(ids, limit)}")
@@ -926,19 +926,13 @@ def _delta_lines(d: HandoffDelta, limit: int) -> list[str]:
     return out
 
 
-def _recall_syntax(lk: LookupHints) -> str:
-    sections = "|".join(f'"{s}"' for s in lk.recall_sections)
-    return (
-        f'{{"generation": <int>, "section": {sections}, "ids": [optional ids]}}'
-    )
-
-
 def _lookup_lines(lk: LookupHints, max_runs: int, short: bool = False) -> list[str]:
     recall = (
-        f"- `{lk.recall_tool}` tool input: {_recall_syntax(lk)}; "
-        f"this handoff's full state is generation {lk.generation}."
+        f'- `{lk.recall_tool}` tool input: {{"generation": <int>, "section": <section>, '
+        f'"ids": [optional]}}; sections: {", ".join(lk.recall_sections)}. '
+        f"This handoff is generation {lk.generation}."
     )
-    if short:
+    if short or max_runs <= 0:
         return [recall]
     runs = lk.lineage[-max_runs:]
     earlier = len(lk.lineage) - len(runs)
@@ -1050,7 +1044,7 @@ def _assemble(secs: list[_Section], lk: LookupHints) -> str:
 # Per level: characters per free-text field of optional / critical items, and how
 # many items each optional section may show at most (the budget usually binds first).
 _TEXT_N = {CompressionLevel.MINIMAL: 60, CompressionLevel.STANDARD: 110, CompressionLevel.FULL: 180}
-_CRIT_N = {CompressionLevel.MINIMAL: 160, CompressionLevel.STANDARD: 300, CompressionLevel.FULL: 500}
+_CRIT_N = {CompressionLevel.MINIMAL: 120, CompressionLevel.STANDARD: 300, CompressionLevel.FULL: 500}
 _CAPS: dict[str, tuple[int, int, int]] = {
     "since_last_handoff": (6, 12, 14),
     "recent_human_input": (1, 3, 5),
@@ -1077,7 +1071,7 @@ _PRIORITY: dict[str, dict[str, int]] = {
         "files": 90, "tool_state": 90, "environment": 90,
     },
     "error_recovery": {
-        "goal": 10, "errors": 15, "since_last_handoff": 20, "recent_human_input": 25,
+        "goal": 10, "since_last_handoff": 12, "errors": 15, "recent_human_input": 25,
         "decisions": 30, "rejected_alternatives": 35, "work_completed": 45, "todos": 55,
         "files": 60, "tool_state": 70, "environment": 75,
     },
@@ -1134,11 +1128,12 @@ def _sections(
         f"{a.next_generation} ({a.reason.value})"
     )
     frame = [title]
-    if not terse:
+    if li > 0 and not terse:
         frame.append(
             "You continue this session in a fresh context. This compact handoff is your "
             "memory; fetch anything omitted with the `recall` tool."
         )
+    if not terse:
         frame.append(_usage_line(doc, short=li == 0))
     add("header", None, critical=True, fixed=frame)
     if template in _LEADS:
@@ -1198,10 +1193,12 @@ def _sections(
         )
     # Detail lines (titles, earlier errors) for a short eligible list; the ids line
     # itself is what the agent acts on.
+    failed_ids = {f.id for f in doc.failed_tasks}
+    failed_err = {f.id: f.error for f in doc.failed_tasks}
     details = [
-        _task_line(t, min(cn, 100))
+        _task_line(t, min(cn, 100), with_error=t.id not in failed_ids)
         for t in doc.next_eligible[:8]
-        if cn and (li > 0 or t.last_error)
+        if cn and (li > 0 or (t.last_error and t.id not in failed_ids))
     ]
     add(
         "next",
@@ -1213,7 +1210,7 @@ def _sections(
     )
 
     if not doc.since_last_handoff.empty:
-        delta = _delta_lines(doc.since_last_handoff, 12 if li else 6)
+        delta = _delta_lines(doc.since_last_handoff, 12 if li else 5)
         add(
             "since_last_handoff",
             f"## Since last handoff ({doc.since_last_handoff.events} events)",
@@ -1246,7 +1243,12 @@ def _sections(
     add(
         "errors",
         f"## Errors ({doc.total('errors')}, tasks still to do first)",
-        items=[_error_line(e, n) for e in doc.errors],
+        # A failed task's current error is already in its critical line.
+        items=[
+            _error_line(e, n)
+            for e in doc.errors
+            if not (e.task_id in failed_ids and e.message == failed_err.get(e.task_id))
+        ],
         total=doc.total("errors"),
         recall="errors",
     )
@@ -1295,7 +1297,7 @@ def _sections(
         "lookup",
         "## Lookup hints",
         critical=True,
-        fixed=_lookup_lines(lk, 1 + 2 * li, short=terse),
+        fixed=_lookup_lines(lk, 3 * li, short=terse),
     )
     add(
         "instructions",
@@ -1486,9 +1488,17 @@ def _pack(
     # counted and pointed to; then whole items are added by section priority.
     index = next(s for s in secs if s.key == "index")
     optional = sorted(index.refs, key=lambda s: s.priority)
-    if calibrated(used + cost(index)) <= limit:
-        index.included = True
-        used += cost(index)
+
+    def try_index() -> None:
+        nonlocal used
+        if not index.included and calibrated(used + cost(index)) <= limit:
+            index.included = True
+            used += cost(index)
+
+    # At the minimal level content beats the index (the lookup hints already say
+    # everything is recallable); above it, the index is reserved first.
+    if level != CompressionLevel.MINIMAL:
+        try_index()
     for s in optional:
         while s.n_items < min(s.cap, len(s.items)):
             before = (cost(s) if s.included else 0) + (cost(index) if index.included else 0)
@@ -1500,6 +1510,7 @@ def _pack(
                 s.included = was
                 break
             used += after - before
+    try_index()
 
     # Verify the real count once; joining rarely changes it, but if it does, trim
     # the lowest-priority items (then the index) until it fits.

@@ -1,0 +1,425 @@
+"""`handoff`: run the demo or a worker, start sessions, steer them, read their chain.
+
+Exit codes: 0 success; 1 the command was rejected (a validator's reason, a failed
+session); 2 usage or connection errors (unknown workflow, server unreachable, bad
+arguments). Errors are one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from temporalio.client import (
+    Client,
+    RPCError,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.envconfig import ClientConfig
+from temporalio.service import RPCStatusCode
+
+from temporal_handoff.schemas.config import SessionConfig
+from temporal_handoff.schemas.project import (
+    ProjectState,
+    from_orchestrator,
+    from_state_json,
+    synthetic_project,
+)
+from temporal_handoff.schemas.session import (
+    AbortArgs,
+    DecideArgs,
+    SayArgs,
+    SessionInput,
+    SessionResult,
+    SessionStatus,
+    TaskCommandArgs,
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+ADDRESS = typer.Option(None, "--address", envvar="TEMPORAL_ADDRESS", help="host:port")
+NAMESPACE = typer.Option(None, "--namespace", envvar="TEMPORAL_NAMESPACE")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+async def connect(address: str | None, namespace: str | None) -> Client:
+    """Connect using envconfig profiles/environment, with CLI overrides."""
+    from temporal_handoff.workers.plugin import HandoffPlugin
+
+    config: dict[str, Any] = dict(ClientConfig.load_client_connect_config())
+    if address:
+        config["target_host"] = address
+    config.setdefault("target_host", "localhost:7233")
+    if namespace:
+        config["namespace"] = namespace
+    try:
+        return await asyncio.wait_for(
+            Client.connect(**config, plugins=[HandoffPlugin()]), timeout=10
+        )
+    except (RuntimeError, RPCError, TimeoutError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CliError(f"cannot reach Temporal at {config['target_host']}: {first}") from None
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine, turning known failures into one-line errors and exit codes."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except CliError as err:
+        fail(str(err), err.code)
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        fail(f"rejected: {getattr(cause, 'message', None) or cause}", 1)
+    except WorkflowQueryFailedError as err:
+        fail(f"query failed: {err}", 1)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            fail(f"not found: {err.message}", 2)
+        fail(f"server error: {err.message}", 2)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        fail(f"invalid {loc}: {first['msg']}", 2)
+
+
+# ---------------------------------------------------------------- run things
+@app.command()
+def demo(
+    tasks: int = typer.Option(169, min=1, max=100_000),
+    phases: int = typer.Option(6, min=1, max=1000),
+    context_window: int = typer.Option(8_000, min=2_000),
+    model: str = typer.Option("claude-sonnet-4-6"),
+    db_file: str = typer.Option(".handoff/temporal.db", help="dev server database"),
+    port: int = typer.Option(7233, min=0, max=65535),
+    ui_port: int = typer.Option(8233, min=0, max=65535),
+    json_out: bool = typer.Option(False, "--json", help="end with one JSON line"),
+) -> None:
+    """Embedded Temporal + worker + fake (or real) Claude: one session, several handoffs."""
+    from temporal_handoff.demo import run_demo
+
+    asyncio.run(
+        run_demo(
+            tasks=tasks, phases=phases, context_window=context_window, model=model,
+            db_file=db_file, port=port, ui_port=ui_port, as_json=json_out,
+        )
+    )
+
+
+@app.command()
+def worker(
+    task_queue: str = typer.Option("agent-sessions", envvar="HANDOFF_TASK_QUEUE"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+    max_concurrent_activities: int = typer.Option(100, min=1),
+    max_concurrent_workflow_tasks: int = typer.Option(100, min=1),
+) -> None:
+    """Run a worker (model calls use ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL from the env)."""
+    from temporal_handoff.workers.worker import run_worker
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        await run_worker(
+            client,
+            task_queue=task_queue,
+            max_concurrent_activities=max_concurrent_activities,
+            max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
+        )
+
+    run(go)
+
+
+def _load_project(path: Path | None, tasks: int, phases: int) -> ProjectState:
+    if path is None:
+        return synthetic_project(tasks, phases)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CliError(f"cannot read project file {path}: {err}") from None
+    if "tasks" in data and ("dag" in data or "metadata" in data):
+        return from_orchestrator(data)
+    if "progress" in data or "completed_milestones" in data:
+        return from_state_json(data)
+    return ProjectState.model_validate(data)
+
+
+@app.command()
+def start(
+    project: Path | None = typer.Option(None, help="orchestrator state, state.json or ProjectState JSON"),
+    tasks: int = typer.Option(20, min=1, help="synthetic project size when no file is given"),
+    phases: int = typer.Option(3, min=1),
+    config_json: str = typer.Option("{}", "--config", help="SessionConfig as JSON"),
+    workflow_id: str | None = typer.Option(None, "--id"),
+    resume_from: str | None = typer.Option(None, help="resume an aborted session's final state"),
+    task_queue: str = typer.Option("agent-sessions", envvar="HANDOFF_TASK_QUEUE"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Start a session (or resume one that was aborted, with --resume-from)."""
+
+    async def go() -> None:
+        cfg = SessionConfig.model_validate_json(config_json)
+        client = await connect(address, namespace)
+        if resume_from:
+            prev = await client.get_workflow_handle(resume_from).result(result_type=SessionResult)
+            if prev.final_handoff is None:
+                raise CliError(f"{resume_from} ended without a final handoff document", 1)
+            inp = SessionInput(
+                config=cfg, project=prev.project, handoff=prev.final_handoff,
+                generation=prev.generation + 1, ledger=prev.ledger, lineage=prev.lineage,
+            )
+        else:
+            inp = SessionInput(config=cfg, project=_load_project(project, tasks, phases))
+        wid = workflow_id or f"session-{uuid.uuid4().hex[:12]}"
+        await client.start_workflow(
+            "AgentSessionWorkflow", inp, id=wid, task_queue=task_queue,
+            static_summary=f"agent session: {inp.project.name}",
+        )
+        console.print(wid)
+
+    run(go)
+
+
+# ---------------------------------------------------------------- steer
+def _update(wid: str, name: str, arg: BaseModel, address: str | None, ns: str | None) -> None:
+    async def go() -> None:
+        client = await connect(address, ns)
+        handle = client.get_workflow_handle(wid)
+        await _exists(handle)
+        out = await handle.execute_update(name, arg, result_type=str)
+        console.print(out)
+
+    run(go)
+
+
+def _signal(wid: str, name: str, arg: BaseModel | None, address: str | None, ns: str | None) -> None:
+    async def go() -> None:
+        client = await connect(address, ns)
+        handle = client.get_workflow_handle(wid)
+        await _exists(handle)
+        if arg is None:
+            await handle.signal(name)
+        else:
+            await handle.signal(name, arg)
+        console.print(f"{name} sent to {wid}")
+
+    run(go)
+
+
+async def _exists(handle: Any) -> None:
+    try:
+        desc = await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"unknown workflow {handle.id!r}") from None
+        raise
+    if desc.status is not None and desc.status.name != "RUNNING":
+        raise CliError(f"workflow {handle.id!r} is {desc.status.name.lower()}", 1)
+
+
+def _validated(model: type[BaseModel], **kw: Any) -> BaseModel:
+    try:
+        return model(**kw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        fail(f"invalid {'.'.join(str(p) for p in first['loc'])}: {first['msg']}", 2)
+
+
+@app.command()
+def decide(
+    workflow_id: str,
+    blocker_id: str,
+    decision: str,
+    rationale: str = typer.Option(""),
+    by: str = typer.Option(os.environ.get("USER", "human")),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Answer a blocker (rejected if it does not exist or is resolved)."""
+    arg = _validated(DecideArgs, blocker_id=blocker_id, decision=decision, rationale=rationale, by=by)
+    _update(workflow_id, "decide", arg, address, namespace)
+
+
+@app.command()
+def say(
+    workflow_id: str,
+    text: str,
+    by: str = typer.Option(os.environ.get("USER", "human")),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Send a message to the agent (appended at its next turn)."""
+    _update(workflow_id, "say", _validated(SayArgs, text=text, by=by), address, namespace)
+
+
+@app.command()
+def skip(
+    workflow_id: str, task_id: str, address: str | None = ADDRESS, namespace: str | None = NAMESPACE
+) -> None:
+    """Skip a task (validated against the task DAG)."""
+    _update(workflow_id, "skip_task", _validated(TaskCommandArgs, task_id=task_id), address, namespace)
+
+
+@app.command()
+def retry(
+    workflow_id: str, task_id: str, address: str | None = ADDRESS, namespace: str | None = NAMESPACE
+) -> None:
+    """Retry a failed or skipped task."""
+    _update(workflow_id, "retry_task", _validated(TaskCommandArgs, task_id=task_id), address, namespace)
+
+
+@app.command()
+def pause(workflow_id: str, address: str | None = ADDRESS, namespace: str | None = NAMESPACE) -> None:
+    """Pause after the current turn (no model calls until resume)."""
+    _signal(workflow_id, "pause", None, address, namespace)
+
+
+@app.command()
+def resume(workflow_id: str, address: str | None = ADDRESS, namespace: str | None = NAMESPACE) -> None:
+    """Resume a paused session."""
+    _signal(workflow_id, "resume", None, address, namespace)
+
+
+@app.command()
+def flush(workflow_id: str, address: str | None = ADDRESS, namespace: str | None = NAMESPACE) -> None:
+    """Hand off now (manual FLUSH)."""
+    _signal(workflow_id, "flush", None, address, namespace)
+
+
+@app.command()
+def abort(
+    workflow_id: str,
+    reason: str = typer.Option("aborted by user"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Stop after the current turn; the final handoff document is kept in the result."""
+    _signal(workflow_id, "abort", _validated(AbortArgs, reason=reason), address, namespace)
+
+
+@app.command()
+def status(
+    workflow_id: str,
+    json_out: bool = typer.Option(False, "--json"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Lifecycle, generation, context usage, tokens, tasks, blockers, health."""
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        handle = client.get_workflow_handle(workflow_id)
+        try:
+            st = await handle.query("status", result_type=SessionStatus)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise CliError(f"unknown workflow {workflow_id!r}") from None
+            raise
+        if json_out:
+            print(st.model_dump_json())
+            return
+        console.print(
+            f"[bold]{st.session_id}[/] gen {st.generation} · {st.lifecycle.value} · "
+            f"context {st.context_pct:.1f}% of {st.context_window:,} · "
+            f"tasks {st.tasks_done}/{st.tasks_total} · tokens {st.total_tokens:,} "
+            f"(${st.cost_usd:.4f})"
+        )
+        for b in st.open_blockers:
+            console.print(f"  blocker {b['id']} ({b['type']}): {b['description']}")
+
+    run(go)
+
+
+@app.command()
+def history(
+    workflow_id: str,
+    json_out: bool = typer.Option(False, "--json"),
+    markdown: bool = typer.Option(False, "--markdown"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """The handoff chain across continue-as-new runs."""
+    from temporal_handoff.chain import session_chain
+    from temporal_handoff.demo import chain_table
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        try:
+            rows = await session_chain(client, workflow_id)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise CliError(f"unknown workflow {workflow_id!r}") from None
+            raise
+        if json_out:
+            print(json.dumps([r.model_dump(mode="json") for r in rows], sort_keys=True))
+        elif markdown:
+            print("| gen | run id | turns | tokens at handoff | payload tokens | ended by |")
+            print("|---|---|---|---|---|---|")
+            for r in rows:
+                print(
+                    f"| {r.generation} | `{r.run_id}` | {r.turns} | {r.tokens_at_handoff or ''} "
+                    f"| {r.payload_tokens or ''} | {r.termination} |"
+                )
+        else:
+            console.print(chain_table(rows, title=f"Handoff chain of {workflow_id}"))
+
+    run(go)
+
+
+@app.command()
+def result(
+    workflow_id: str, address: str | None = ADDRESS, namespace: str | None = NAMESPACE
+) -> None:
+    """Wait for a session to end and print its result summary as JSON."""
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        try:
+            res = await client.get_workflow_handle(workflow_id).result(result_type=SessionResult)
+        except WorkflowFailureError as err:
+            raise CliError(f"session failed: {err.cause}", 1) from None
+        print(
+            json.dumps(
+                {
+                    "reason": res.reason.value,
+                    "generation": res.generation,
+                    "tasks_completed": res.project.completed_count,
+                    "tasks_total": len(res.project.tasks),
+                    "total_tokens": res.ledger.total_tokens,
+                },
+                sort_keys=True,
+            )
+        )
+
+    run(go)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
