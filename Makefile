@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck replay clean
+.PHONY: demo test bench lint typecheck replay clean browser-deps
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (set PY=python3 to use another)"; exit 1; }
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/handoff demo
 
-test: $(STAMP)
+# Debian chromium for the browser test (Playwright drives it via executable_path).
+browser-deps:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "warning: could not install chromium; the browser test will fail"
+
+test: $(STAMP) browser-deps
 	$(BIN)/ruff check temporal_handoff tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

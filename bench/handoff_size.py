@@ -7,7 +7,8 @@ reports, per (size, level):
 
 * ``tokens`` / ``budget`` — calibrated tiktoken count of the prompt and its budget;
 * ``naive_tokens`` — tokens of the naive handoff: the whole state plus context
-  dumped as indented JSON into the prompt; ``reduction`` = 1 - tokens / naive;
+  as ``json.dumps`` with default separators, no indent (indent=2 would be ~20%
+  larger, minified ~20% smaller); ``reduction`` = 1 - tokens / naive;
 * ``critical_recall`` — fraction of critical ids (current phase, open blockers,
   human decisions, failed tasks, next eligible tasks) present backticked;
 * ``delta_tokens`` — tokens of the "since last handoff" section for a typical
@@ -32,6 +33,7 @@ from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, RunRef
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import (
+    EventOp,
     ProjectState,
     StateEvent,
     apply_event,
@@ -60,7 +62,7 @@ SUMMARY = (
 )
 
 
-def _ev(op: str, gen: int, i: int, by: str = "agent", **args: object) -> StateEvent:
+def _ev(op: EventOp, gen: int, i: int, by: str = "agent", **args: object) -> StateEvent:
     return StateEvent(op=op, args=args, by=by, generation=gen, at=T0 + timedelta(minutes=i))
 
 
@@ -83,13 +85,17 @@ def realistic_state(n: int, seed: int = 7) -> tuple[ProjectState, list[StateEven
     decision_every = max(1, target // 20)
     done = 0
     i = 0
+    # Plan order is a valid completion order for synthetic projects (every
+    # dependency points backwards), and avoids an O(n) eligibility scan per step.
+    plan = iter(list(state.tasks))
     while done < target:
-        eligible = state.next_eligible()
-        tid = eligible[0]
+        tid = next(plan)
         if done and done % decision_every == 0:
             apply(
                 _ev(
-                    "record_decision", gen, i,
+                    "record_decision",
+                    gen,
+                    i,
                     title=f"Use the adapter pattern for {tid}",
                     rationale="Keeps the storage layer swappable and the tests fast.",
                     rejected=[f"Inline SQL in {tid}"] if done % (3 * decision_every) == 0 else [],
@@ -103,7 +109,10 @@ def realistic_state(n: int, seed: int = 7) -> tuple[ProjectState, list[StateEven
     for k, who in enumerate(("human:alice", "human:bob", "human:alice")):
         apply(
             _ev(
-                "record_decision", gen, i + k, by=who,
+                "record_decision",
+                gen,
+                i + k,
+                by=who,
                 title=f"Approved approach #{k + 1} for the rollout",
                 rationale="Matches the team's conventions.",
             )
@@ -118,13 +127,20 @@ def realistic_state(n: int, seed: int = 7) -> tuple[ProjectState, list[StateEven
     later = next(t for t in reversed(state.tasks) if not state.done(t))
     apply(
         _ev(
-            "add_blocker", gen, i, blocker_type="human_decision", task_id=later,
+            "add_blocker",
+            gen,
+            i,
+            blocker_type="human_decision",
+            task_id=later,
             description="Which database should the reporting service use: Postgres or ClickHouse?",
         )
     )
     apply(
         _ev(
-            "add_blocker", gen, i, blocker_type="external",
+            "add_blocker",
+            gen,
+            i,
+            blocker_type="external",
             description="Waiting for the staging credentials from the platform team.",
         )
     )
@@ -138,14 +154,20 @@ def realistic_state(n: int, seed: int = 7) -> tuple[ProjectState, list[StateEven
         since.append(ev)
         if k in (3, 8):
             dec = _ev(
-                "record_decision", gen, i + k, title=f"Cache results of {tid}",
+                "record_decision",
+                gen,
+                i + k,
+                title=f"Cache results of {tid}",
                 rationale="Saves a round trip per request.",
             )
             apply(dec)
             since.append(dec)
     for tid in state.next_eligible()[:2]:
         ev = _ev(
-            "fail_task", gen, i + 11, task_id=tid,
+            "fail_task",
+            gen,
+            i + 11,
+            task_id=tid,
             error=f"integration test for {tid} fails: connection refused",
         )
         apply(ev)
@@ -166,7 +188,11 @@ def context_for(n: int, since: list[StateEvent]) -> HandoffContext:
             "claude-sonnet-4-5",
         )
     runs = [
-        RunRef(generation=g, workflow_id=f"session-{n}", run_id=f"0194a{g:03d}-7c1e-7d3f-9a55-2b8e{g:08d}")
+        RunRef(
+            generation=g,
+            workflow_id=f"session-{n}",
+            run_id=f"0194a{g:03d}-7c1e-7d3f-9a55-2b8e{g:08d}",
+        )
         for g in range(3)
     ]
     return HandoffContext(
@@ -183,10 +209,10 @@ def context_for(n: int, since: list[StateEvent]) -> HandoffContext:
     )
 
 
-def naive_tokens(state: ProjectState, ctx: HandoffContext) -> int:
-    """Tokens of the naive handoff: everything, as indented JSON."""
+def naive_tokens(state: ProjectState, ctx: HandoffContext, **dumps_kw: object) -> int:
+    """Tokens of the naive handoff: state and context as one ``json.dumps`` (defaults)."""
     dump = {"state": state.model_dump(mode="json"), "context": ctx.model_dump(mode="json")}
-    return count_tokens(json.dumps(dump, indent=2))
+    return count_tokens(json.dumps(dump, **dumps_kw))  # type: ignore[arg-type]
 
 
 def critical_recall(payload: HandoffPayload) -> float:

@@ -48,7 +48,7 @@ from temporal_handoff.schemas.session import (
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 ADDRESS = typer.Option(None, "--address", envvar="TEMPORAL_ADDRESS", help="host:port")
@@ -184,13 +184,11 @@ def start(
         cfg = SessionConfig.model_validate_json(config_json)
         client = await connect(address, namespace)
         if resume_from:
-            prev = await client.get_workflow_handle(resume_from).result(result_type=SessionResult)
-            if prev.final_handoff is None:
-                raise CliError(f"{resume_from} ended without a final handoff document", 1)
-            inp = SessionInput(
-                config=cfg, project=prev.project, handoff=prev.final_handoff,
-                generation=prev.generation + 1, ledger=prev.ledger, lineage=prev.lineage,
-            )
+            prev = await client.get_workflow_handle(resume_from, result_type=SessionResult).result()
+            try:
+                inp = prev.resume_input(cfg)
+            except ValueError as err:
+                raise CliError(str(err), 1) from None
         else:
             inp = SessionInput(config=cfg, project=_load_project(project, tasks, phases))
         wid = workflow_id or f"session-{uuid.uuid4().hex[:12]}"
@@ -398,7 +396,7 @@ def result(
     async def go() -> None:
         client = await connect(address, namespace)
         try:
-            res = await client.get_workflow_handle(workflow_id).result(result_type=SessionResult)
+            res = await client.get_workflow_handle(workflow_id, result_type=SessionResult).result()
         except WorkflowFailureError as err:
             raise CliError(f"session failed: {err.cause}", 1) from None
         print(
@@ -415,6 +413,11 @@ def result(
         )
 
     run(go)
+
+
+# The read-side commands (list, watch, stats, export, replay, plot, setup) register
+# themselves on `app`.
+import temporal_handoff.visibility_cli  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -148,3 +148,22 @@ class SessionResult(BaseModel):
     final_handoff: HandoffPayload | None = None
     """For ABORT and guards: the document to resume from (`handoff start --resume-from`)."""
     message: str = ""
+
+    def resume_input(self, config: SessionConfig | None = None) -> SessionInput:
+        """Input for a new session that continues this one (`handoff start --resume-from`).
+
+        Raises:
+            ValueError: the session ended without a final handoff document.
+        """
+        if self.final_handoff is None:
+            raise ValueError(f"{self.session_id} ended without a final handoff document")
+        return SessionInput(
+            config=config or SessionConfig(),
+            project=self.project,
+            handoff=self.final_handoff,
+            generation=self.generation + 1,
+            ledger=self.ledger,
+            lineage=self.lineage,
+            health=self.health.model_dump(exclude={"tasks_per_hour"}),
+            handoff_reason=self.reason,
+        )

@@ -1,0 +1,581 @@
+"""`handoff` commands that read sessions back: list, watch, stats, export, replay, plot, setup.
+
+Registered on the `app` of :mod:`temporal_handoff.cli` (imported at the end of that
+module). Same conventions: one-line errors, exit code 1 for a rejected or failed
+check (nondeterminism), 2 for usage/connection errors and unknown workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHistory,
+    WorkflowQueryFailedError,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from temporal_handoff.cli import ADDRESS, NAMESPACE, CliError, app, connect, console, fail, run
+from temporal_handoff.plotting import draw_usage, usage_series
+from temporal_handoff.schemas import visibility as sa
+from temporal_handoff.schemas.lifecycle import LifecycleState
+from temporal_handoff.schemas.session import SessionResult, SessionStatus
+
+SESSION_TYPE = "AgentSessionWorkflow"
+
+
+async def _describe(client: Client, workflow_id: str) -> WorkflowExecutionDescription:
+    try:
+        return await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"unknown workflow {workflow_id!r}") from None
+        raise
+
+
+def _quote(flag: str, value: str) -> str:
+    """A visibility-query string literal (values are never interpolated unquoted)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise CliError(f"invalid {flag}: it cannot contain both ' and \"")
+
+
+def session_query(
+    project: str | None = None,
+    user: str | None = None,
+    state: str | None = None,
+    all_runs: bool = False,
+) -> str:
+    """The visibility query for sessions; by default only the latest run of each."""
+    parts = [f"WorkflowType = '{SESSION_TYPE}'"]
+    if not all_runs:
+        # Each continue-as-new leaves a closed run behind: one row per session.
+        parts.append("ExecutionStatus != 'ContinuedAsNew'")
+    if project is not None:
+        parts.append(f"{sa.PROJECT.name} = {_quote('--project', project)}")
+    if user is not None:
+        parts.append(f"{sa.USER.name} = {_quote('--user', user)}")
+    if state is not None:
+        try:
+            value = LifecycleState(state.upper()).value
+        except ValueError:
+            allowed = ", ".join(s.value for s in LifecycleState)
+            raise CliError(f"invalid --state {state!r}; one of {allowed}") from None
+        parts.append(f"{sa.LIFECYCLE.name} = '{value}'")
+    return " AND ".join(parts)
+
+
+async def _rows(client: Client, query: str, limit: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    async for wf in client.list_workflows(query, limit=limit):
+        attrs = wf.typed_search_attributes
+        rows.append(
+            {
+                "workflow_id": wf.id,
+                "run_id": wf.run_id,
+                "status": wf.status.name if wf.status else "",
+                "start_time": wf.start_time.isoformat() if wf.start_time else None,
+                "close_time": wf.close_time.isoformat() if wf.close_time else None,
+                "generation": attrs.get(sa.GENERATION),
+                "lifecycle": attrs.get(sa.LIFECYCLE),
+                "context_pct": attrs.get(sa.CONTEXT_PCT),
+                "project": attrs.get(sa.PROJECT),
+                "user": attrs.get(sa.USER),
+                "agent_type": attrs.get(sa.AGENT_TYPE),
+                "total_tokens": attrs.get(sa.TOTAL_TOKENS),
+                "cost_usd": attrs.get(sa.COST_USD),
+                "handoff_summary": await wf.memo_value("handoff_summary", ""),
+            }
+        )
+    return rows
+
+
+def _out() -> Console:
+    """The CLI console on a terminal; a wide one when piped (no truncated columns)."""
+    return console if console.is_terminal else Console(width=200, highlight=False)
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    return "" if value is None else format(value, spec)
+
+
+# ---------------------------------------------------------------- list
+@app.command("list")
+def list_sessions(
+    project: str | None = typer.Option(None, "--project", help="AgentProject"),
+    user: str | None = typer.Option(None, "--user", help="AgentUser"),
+    state: str | None = typer.Option(None, "--state", help="AgentLifecycle, e.g. ACTIVE"),
+    all_runs: bool = typer.Option(False, "--all-runs", help="include continued-as-new runs"),
+    limit: int = typer.Option(100, min=1, max=10_000),
+    json_out: bool = typer.Option(False, "--json", help="one JSON array"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Sessions from a visibility query (search attributes), newest first."""
+
+    async def go() -> None:
+        query = session_query(project, user, state, all_runs)
+        client = await connect(address, namespace)
+        rows = await _rows(client, query, limit)
+        if json_out:
+            print(json.dumps(rows, sort_keys=True))
+            return
+        if not rows:
+            console.print("no sessions match")
+            return
+        table = Table(title=f"Sessions ({len(rows)})")
+        for col in ("workflow id", "status", "gen", "lifecycle", "context", "tokens", "cost",
+                    "project", "user"):
+            table.add_column(col, no_wrap=col == "workflow id")
+        for r in rows:
+            table.add_row(
+                r["workflow_id"], r["status"].lower(), _fmt(r["generation"]),
+                r["lifecycle"] or "", _fmt(r["context_pct"], ".1f") + ("%" if r["context_pct"] is not None else ""),
+                _fmt(r["total_tokens"], ","), "$" + _fmt(r["cost_usd"], ".4f") if r["cost_usd"] is not None else "",
+                r["project"] or "", r["user"] or "",
+            )
+        _out().print(table)
+
+    run(go)
+
+
+# ---------------------------------------------------------------- stats
+def compute_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate session rows (latest run of each) from `list`."""
+    by_state: dict[str, int] = {}
+    by_status: dict[str, int] = {}
+    handoffs = [int(r["generation"] or 0) for r in rows]
+    for r in rows:
+        key = r["lifecycle"] or "UNKNOWN"
+        by_state[key] = by_state.get(key, 0) + 1
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    n = len(rows)
+    return {
+        "sessions": n,
+        "by_lifecycle": dict(sorted(by_state.items())),
+        "by_status": dict(sorted(by_status.items())),
+        "handoffs_total": sum(handoffs),
+        "handoffs_per_session": round(sum(handoffs) / n, 2) if n else 0.0,
+        "handoffs_max": max(handoffs, default=0),
+        "total_tokens": sum(int(r["total_tokens"] or 0) for r in rows),
+        "cost_usd": round(sum(float(r["cost_usd"] or 0.0) for r in rows), 6),
+    }
+
+
+@app.command()
+def stats(
+    project: str | None = typer.Option(None, "--project", help="AgentProject"),
+    user: str | None = typer.Option(None, "--user", help="AgentUser"),
+    json_out: bool = typer.Option(False, "--json"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Counts by lifecycle state, handoffs per session, tokens and cost (visibility)."""
+
+    async def go() -> None:
+        query = session_query(project, user)
+        client = await connect(address, namespace)
+        out = compute_stats(await _rows(client, query, limit=100_000))
+        if json_out:
+            print(json.dumps(out, sort_keys=True))
+            return
+        scope = f" of project {project}" if project else ""
+        console.print(f"[bold]{out['sessions']}[/] session(s){scope}")
+        states = ", ".join(f"{k} {v}" for k, v in out["by_lifecycle"].items()) or "-"
+        statuses = ", ".join(f"{k.lower()} {v}" for k, v in out["by_status"].items()) or "-"
+        console.print(f"lifecycle: {states}")
+        console.print(f"status:    {statuses}")
+        console.print(
+            f"handoffs:  {out['handoffs_total']} total, {out['handoffs_per_session']:.2f} "
+            f"per session (max {out['handoffs_max']})"
+        )
+        console.print(f"tokens:    {out['total_tokens']:,} (${out['cost_usd']:.4f})")
+
+    run(go)
+
+
+# ---------------------------------------------------------------- watch
+def _snapshot_from_status(st: SessionStatus) -> dict[str, Any]:
+    return {
+        "session_id": st.session_id,
+        "closed": False,
+        "source": "query",
+        "generation": st.generation,
+        "lifecycle": st.lifecycle.value,
+        "turn": st.turn,
+        "context_pct": st.context_pct,
+        "context_tokens": st.context_tokens,
+        "context_window": st.context_window,
+        "tasks_done": st.tasks_done,
+        "tasks_total": st.tasks_total,
+        "total_tokens": st.total_tokens,
+        "cost_usd": st.cost_usd,
+        "open_blockers": st.open_blockers,
+        "paused": st.paused,
+    }
+
+
+def _snapshot_from_visibility(desc: WorkflowExecutionDescription) -> dict[str, Any]:
+    """When the status query cannot be answered (no worker): the search attributes."""
+    attrs = desc.typed_search_attributes
+    return {
+        "session_id": desc.id,
+        "closed": False,
+        "source": "visibility",
+        "generation": attrs.get(sa.GENERATION),
+        "lifecycle": attrs.get(sa.LIFECYCLE),
+        "context_pct": attrs.get(sa.CONTEXT_PCT),
+        "total_tokens": attrs.get(sa.TOTAL_TOKENS),
+        "cost_usd": attrs.get(sa.COST_USD),
+        "open_blockers": [],
+    }
+
+
+async def _final_snapshot(client: Client, desc: WorkflowExecutionDescription) -> dict[str, Any]:
+    status = desc.status.name if desc.status else "UNKNOWN"
+    snap: dict[str, Any] = {"session_id": desc.id, "closed": True, "status": status}
+    attrs = desc.typed_search_attributes
+    snap["generation"] = attrs.get(sa.GENERATION)
+    snap["lifecycle"] = attrs.get(sa.LIFECYCLE)
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        res = await client.get_workflow_handle(
+            desc.id, run_id=desc.run_id, result_type=SessionResult
+        ).result()
+        snap.update(
+            reason=res.reason.value,
+            generation=res.generation,
+            tasks_done=res.project.completed_count,
+            tasks_total=len(res.project.tasks),
+            total_tokens=res.ledger.total_tokens,
+            cost_usd=round(res.ledger.cost_usd, 6),
+            open_blockers=[
+                {"id": b.id, "type": b.type.value, "description": b.description[:200]}
+                for b in res.project.open_blockers()
+            ],
+        )
+    return snap
+
+
+def _line(s: dict[str, Any]) -> str:
+    if s.get("closed"):
+        reason = f" ({s['reason']})" if s.get("reason") else ""
+        tail = ""
+        if s.get("tasks_total") is not None:
+            tail = (
+                f" · tasks {s['tasks_done']}/{s['tasks_total']} · tokens "
+                f"{s['total_tokens']:,} (${s['cost_usd']:.4f})"
+            )
+        return f"{s['session_id']} closed: {s['status']}{reason} · gen {s['generation']}{tail}"
+    ctx = _fmt(s.get("context_pct"), ".1f")
+    parts = [f"{s['session_id']} · gen {s.get('generation')} · {s.get('lifecycle')}",
+             f"context {ctx}%"]
+    if s.get("context_window"):
+        parts[-1] += f" of {s['context_window']:,}"
+    if s.get("tasks_total") is not None:
+        parts.append(f"tasks {s['tasks_done']}/{s['tasks_total']}")
+    if s.get("total_tokens") is not None:
+        parts.append(f"tokens {s['total_tokens']:,}")
+    parts.append(f"blockers {len(s.get('open_blockers') or [])}")
+    return " · ".join(parts)
+
+
+def _panel(s: dict[str, Any]) -> Panel:
+    pct = float(s.get("context_pct") or 0.0)
+    color = "green" if pct < 75 else "yellow" if pct < 90 else "red"
+    gauge = Table.grid(padding=(0, 1))
+    gauge.add_row(
+        Text("context", style="bold"),
+        ProgressBar(total=100, completed=min(pct, 100), width=40, complete_style=color),
+        Text(f"{pct:5.1f}%" + (f" of {s['context_window']:,}" if s.get("context_window") else "")),
+    )
+    if s.get("tasks_total"):
+        gauge.add_row(
+            Text("tasks", style="bold"),
+            ProgressBar(total=s["tasks_total"], completed=s["tasks_done"], width=40),
+            Text(f"{s['tasks_done']}/{s['tasks_total']}"),
+        )
+    lines: list[Any] = [
+        Text(f"generation {s.get('generation')} · {s.get('lifecycle')} · turn {s.get('turn', '-')}"
+             + (" · paused" if s.get("paused") else "")),
+        gauge,
+    ]
+    if s.get("total_tokens") is not None:
+        lines.append(Text(f"tokens {s['total_tokens']:,} (${float(s.get('cost_usd') or 0):.4f})"))
+    blockers = s.get("open_blockers") or []
+    lines.append(Text(f"open blockers: {len(blockers)}", style="bold" if blockers else ""))
+    for b in blockers:
+        lines.append(Text(f"  {b['id']} ({b['type']}): {b['description']}"))
+    return Panel(Group(*lines), title=s["session_id"], subtitle=f"via {s.get('source', '')}")
+
+
+async def watch_snapshots(
+    client: Client, workflow_id: str, interval: float, once: bool
+) -> Any:
+    """Yield snapshots of a session, following it across continue-as-new, until it closes."""
+    handle = client.get_workflow_handle(workflow_id)  # no run id: always the latest run
+    while True:
+        desc = await _describe(client, workflow_id)
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            yield await _final_snapshot(client, desc)
+            return
+        try:
+            st = await asyncio.wait_for(
+                handle.query("status", result_type=SessionStatus), timeout=max(5.0, interval)
+            )
+            yield _snapshot_from_status(st)
+        except (RPCError, WorkflowQueryFailedError, TimeoutError):
+            # A query can race a continue-as-new, or no worker is polling: show what
+            # visibility knows and try again at the next tick.
+            yield _snapshot_from_visibility(desc)
+        if once:
+            return
+        await asyncio.sleep(interval)
+
+
+@app.command()
+def watch(
+    workflow_id: str,
+    interval: float = typer.Option(1.0, min=0.05, help="seconds between polls"),
+    once: bool = typer.Option(False, "--once", help="print one snapshot and exit"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON line per change"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Live view of a session (context gauge, tasks, generation, open blockers).
+
+    Follows the session across continue-as-new and stops when it closes.
+    """
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        live = console.is_terminal and not json_out and not once
+        last: str | None = None
+        if live:
+            with Live(console=console, refresh_per_second=4, transient=False) as view:
+                async for snap in watch_snapshots(client, workflow_id, interval, once):
+                    view.update(_panel(snap) if not snap["closed"] else Text(_line(snap)))
+            return
+        async for snap in watch_snapshots(client, workflow_id, interval, once):
+            text = json.dumps(snap, sort_keys=True) if json_out else _line(snap)
+            if text != last:
+                print(text, flush=True)
+                last = text
+
+    run(go)
+
+
+# ---------------------------------------------------------------- export
+@app.command()
+def export(
+    workflow_id: str,
+    out_dir: Path = typer.Option(..., "--dir", help="output directory (created)"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Write state.json and session-summaries/<generation>.md (stable, diff-friendly)."""
+    from temporal_handoff.export import export_session
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        await _describe(client, workflow_id)
+        try:
+            paths = await export_session(client, workflow_id, out_dir)
+        except OSError as err:
+            raise CliError(f"cannot write to {out_dir}: {err}") from None
+        for p in paths:
+            print(p)
+
+    run(go)
+
+
+# ---------------------------------------------------------------- replay
+async def session_histories(client: Client, workflow_id: str) -> list[tuple[str, WorkflowHistory]]:
+    """Every run of a session and each run's handoff child, labelled, oldest first."""
+    from temporal_handoff.chain import session_chain
+
+    out: list[tuple[str, WorkflowHistory]] = []
+    for row in await session_chain(client, workflow_id):
+        handle = client.get_workflow_handle(workflow_id, run_id=row.run_id)
+        out.append((f"{workflow_id} gen {row.generation}", await handle.fetch_history()))
+        if row.handoff_child:
+            try:
+                child = await client.get_workflow_handle(row.handoff_child).fetch_history()
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                continue  # past retention
+            out.append((f"{row.handoff_child} (handoff child)", child))
+    return out
+
+
+async def replay_histories(histories: list[tuple[str, WorkflowHistory]]) -> dict[str, str]:
+    """Replay with the current workflow code; label → first line of each failure."""
+    from temporalio.worker import Replayer
+
+    from temporal_handoff.workers.plugin import HandoffPlugin
+
+    # The plugin contributes AgentSessionWorkflow and HandoffWorkflow, the pydantic
+    # converter and the sandbox passthrough, exactly as on a worker. (Listing the
+    # workflows here as well would register each twice.)
+    replayer = Replayer(workflows=[], plugins=[HandoffPlugin()])
+
+    async def each() -> Any:
+        for _, history in histories:
+            yield history
+
+    failures: dict[str, str] = {}
+    labels = iter(label for label, _ in histories)
+    async with replayer.workflow_replay_iterator(each()) as results:
+        # One result per history, in order.
+        async for result in results:
+            label = next(labels)
+            err = result.replay_failure
+            if err is not None:
+                failures[label] = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return failures
+
+
+@app.command()
+def replay(
+    workflow_id: str | None = typer.Argument(None),
+    history_file: list[Path] = typer.Option(
+        [], "--history-file", help="also replay a JSON history (temporal workflow show -o json)"
+    ),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Replay every run of a session (and its handoff children) with the current code.
+
+    Exit code 1 if any history does not replay (nondeterminism).
+    """
+    if workflow_id is None and not history_file:
+        fail("give a WORKFLOW_ID or --history-file")
+
+    async def go() -> int:
+        histories: list[tuple[str, WorkflowHistory]] = []
+        for path in history_file:
+            try:
+                histories.append((str(path), WorkflowHistory.from_json(path.stem, path.read_text())))
+            except (OSError, ValueError, KeyError) as err:
+                raise CliError(f"cannot read history {path}: {err}") from None
+        if workflow_id is not None:
+            client = await connect(address, namespace)
+            await _describe(client, workflow_id)
+            histories += await session_histories(client, workflow_id)
+        failures = await replay_histories(histories)
+        out = _out()
+        for label, history in histories:
+            n = len(history.events)
+            if label in failures:
+                out.print(f"[red]FAIL[/] {label} ({n} events): {failures[label]}", highlight=False)
+            else:
+                out.print(f"[green]ok[/]   {label} ({n} events)", highlight=False)
+        out.print(
+            f"{len(histories) - len(failures)}/{len(histories)} histories replayed"
+            + (" — nondeterminism detected" if failures else ""),
+            highlight=False,
+        )
+        return 1 if failures else 0
+
+    code = run(go)
+    if code:
+        raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- plot
+@app.command()
+def plot(
+    workflow_id: str,
+    output: Path = typer.Option(Path("usage.png"), "-o", "--output", help="PNG to write"),
+    title: str = typer.Option("", help="chart title (default: the workflow id)"),
+    address: str | None = ADDRESS,
+    namespace: str | None = NAMESPACE,
+) -> None:
+    """Context usage per turn across generations (handoffs and thresholds drawn)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        fail("plot needs matplotlib: pip install 'temporal-handoff[plot]'")
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        await _describe(client, workflow_id)
+        runs = await usage_series(client, workflow_id)
+        try:
+            draw_usage(runs, output, title=title or f"Context usage of {workflow_id}")
+        except OSError as err:
+            raise CliError(f"cannot write {output}: {err}") from None
+        turns = sum(len(r.turns) for r in runs)
+        peak = max((f for r in runs for f in r.fractions()), default=0.0)
+        print(
+            f"wrote {output}: {len(runs)} generation(s), {turns} turns, "
+            f"{len(runs) - 1} handoff(s), peak {100 * peak:.1f}% of the window"
+        )
+
+    run(go)
+
+
+# ---------------------------------------------------------------- setup
+@app.command()
+def setup(address: str | None = ADDRESS, namespace: str | None = NAMESPACE) -> None:
+    """Register the search attributes on a cluster (operator service; idempotent)."""
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        ns = client.namespace
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=ns)
+        )
+        existing = dict(listed.custom_attributes)
+        missing: dict[str, Any] = {}
+        for key in sa.ALL_KEYS:
+            want = IndexedValueType.ValueType(int(key.indexed_value_type))
+            have = existing.get(key.name)
+            if have is None:
+                missing[key.name] = want
+            elif have != want:
+                raise CliError(
+                    f"search attribute {key.name} exists as "
+                    f"{IndexedValueType.Name(have)}, expected {IndexedValueType.Name(want)}",
+                    1,
+                )
+            else:
+                console.print(f"{key.name} ({sa.cli_type(key)}): already registered")
+        if missing:
+            try:
+                await client.operator_service.add_search_attributes(
+                    AddSearchAttributesRequest(search_attributes=missing, namespace=ns)
+                )
+            except RPCError as err:
+                if err.status != RPCStatusCode.ALREADY_EXISTS:
+                    raise
+            for name, kind in missing.items():
+                console.print(f"{name} ({IndexedValueType.Name(kind)}): registered")
+        console.print(f"search attributes ready in namespace {ns}", highlight=False)
+
+    run(go)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
