@@ -27,3 +27,21 @@ class OneModelCall:
                 initial_interval=timedelta(milliseconds=100), maximum_attempts=5
             ),
         )
+
+
+with workflow.unsafe.imports_passed_through():
+    from temporal_handoff.schemas.session import SessionInput, SessionResult
+    from temporal_handoff.workflows.session import AgentSessionWorkflow
+
+
+@workflow.defn(name="AgentSessionWorkflow")
+class ChangedSessionWorkflow(AgentSessionWorkflow):
+    """A deliberately nondeterministic edit: lifecycle notifications are dropped, so
+    the `notify` activities recorded in history are no longer scheduled on replay."""
+
+    @workflow.run
+    async def run(self, inp: SessionInput) -> SessionResult:
+        return await super().run(inp)
+
+    async def _notify(self, *args: object, **kwargs: object) -> None:
+        return None

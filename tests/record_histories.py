@@ -1,0 +1,85 @@
+"""Record the histories replayed in CI (`tests/test_replay.py`).
+
+    .venv/bin/python -m tests.record_histories
+
+Runs one session on a fresh dev server against the fake model: ≥ 2 handoffs, human
+commands (say, decide, pause/resume) and a model call that fails once and is
+retried. Writes every run's history and every handoff child's history as JSON.
+Re-record only on purpose: a replay failure after a code change means the change is
+not deterministic-compatible with running sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from temporalio.client import Client
+
+from temporal_handoff.chain import session_chain
+from temporal_handoff.schemas.project import synthetic_project
+from temporal_handoff.schemas.session import DecideArgs, SayArgs, SessionResult, SessionStatus
+from temporal_handoff.testing import FakeAnthropicServer, Fault, ScriptedAgentBrain
+from temporal_handoff.workers.devserver import start_dev_server
+from temporal_handoff.workers.plugin import HandoffPlugin
+from tests.conftest import running_worker
+from tests.helpers import start_session
+
+OUT = Path(__file__).parent / "histories"
+
+
+async def main() -> None:
+    env = await start_dev_server()
+    config = env.client.config()
+    config["plugins"] = [HandoffPlugin()]
+    client = Client(**config)
+    brain = ScriptedAgentBrain(tasks_per_turn=2, blocker_every=9)
+    try:
+        with FakeAnthropicServer(brain=brain, latency_s=0.01) as fake:
+            fake.add_fault(Fault(status=529, times=1, retry_after=0.2))
+            async with running_worker(client, "record", fake.base_url):
+                handle = await start_session(
+                    client, "record", synthetic_project(40, 3), prefix="recorded",
+                    context_window=3_500,
+                )
+                await handle.execute_update("say", SayArgs(text="prefer small steps"))
+                await handle.signal("pause")
+                await asyncio.sleep(0.3)
+                await handle.signal("resume")
+                result_task = asyncio.ensure_future(
+                    client.get_workflow_handle(handle.id, result_type=SessionResult).result()
+                )
+                while not result_task.done():
+                    st = await handle.query("status", result_type=SessionStatus)
+                    for b in st.open_blockers:
+                        await handle.execute_update(
+                            "decide", DecideArgs(blocker_id=b["id"], decision="approved")
+                        )
+                    await asyncio.sleep(0.05)
+                result = result_task.result()
+        chain = await session_chain(client, handle.id)
+        assert len(chain) >= 3, "need at least two handoffs"
+        for f in OUT.glob("*.json"):
+            f.unlink()
+        for row in chain:
+            h = client.get_workflow_handle(handle.id, run_id=row.run_id)
+            history = await h.fetch_history()
+            (OUT / f"session-gen{row.generation}.json").write_text(history.to_json())
+            if row.handoff_child:
+                child = await client.get_workflow_handle(row.handoff_child).fetch_history()
+                (OUT / f"handoff-gen{row.generation}.json").write_text(child.to_json())
+        meta = {
+            "workflow_id": handle.id,
+            "generations": len(chain),
+            "reason": result.reason.value,
+            "decisions": len(result.project.decisions),
+        }
+        (OUT / "README.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        print(meta)
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
