@@ -29,6 +29,7 @@ from temporalio.client import (
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCStatusCode
 
+from temporal_handoff.commands import send_update
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.project import (
     ProjectState,
@@ -207,7 +208,7 @@ def _update(wid: str, name: str, arg: BaseModel, address: str | None, ns: str | 
         client = await connect(address, ns)
         handle = client.get_workflow_handle(wid)
         await _exists(handle)
-        out = await handle.execute_update(name, arg, result_type=str)
+        out = await send_update(handle, name, arg)
         console.print(out)
 
     run(go)

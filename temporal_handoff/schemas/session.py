@@ -84,6 +84,8 @@ class SessionInput(BaseModel):
     generation: int = Field(default=0, ge=0)
     inbox: list[Command] = Field(default_factory=list)
     """Human commands received during the predecessor's handoff, applied first."""
+    pending_human_text: list[str] = Field(default_factory=list)
+    """Human text already recorded in the state but not yet shown to the model."""
     ledger: TokenLedger | None = None
     """Cumulative spend and calibration carried from the predecessor."""
     lineage: list[RunRef] = Field(default_factory=list)

@@ -113,6 +113,7 @@ class AgentSessionWorkflow:
         self._pause_started: Any = None
         self._longest_pause = 0.0
         self._warned = False
+        self._pending_say.extend(inp.pending_human_text)
         # Commands carried from the predecessor's handoff are applied first.
         for cmd in inp.inbox:
             self._apply_command(cmd)
@@ -708,18 +709,16 @@ class AgentSessionWorkflow:
         await self._notify("HANDOFF", reason, payload.summary())
         self._upsert_visibility(payload)
         await workflow.wait_condition(workflow.all_handlers_finished)
-        # Commands that arrived while sealing, plus human text not yet sent to the model.
-        carried = list(self._inbox) + [
-            Command(kind=CommandKind.SAY, args={"text": t}, at=workflow.now())
-            for t in self._pending_say
-        ]
         workflow.continue_as_new(
             SessionInput(
                 config=self._cfg,
                 project=self._state,
                 handoff=payload,
                 generation=self._generation + 1,
-                inbox=carried,
+                # Commands that arrived while sealing are applied by the successor;
+                # text already in the state but not yet sent to the model is carried.
+                inbox=list(self._inbox),
+                pending_human_text=list(self._pending_say),
                 ledger=self._ledger,
                 lineage=self._lineage(),
                 health=self._health.model_dump(exclude={"tasks_per_hour"}),
