@@ -12,7 +12,9 @@ from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from temporal_handoff.schemas.model_io import ModelResponse
 from temporal_handoff.schemas.session import SessionInput, SessionResult
+from temporal_handoff.schemas.tokens import TokenUsage
 
 
 class RunSummary(BaseModel):
@@ -25,6 +27,8 @@ class RunSummary(BaseModel):
     """call_model activities completed in this run."""
     model_attempts: int = 0
     """call_model attempts, retries included."""
+    usage: TokenUsage = TokenUsage()
+    """Sum of the usage returned by this run's completed model calls."""
     tokens_at_handoff: int | None = None
     """Context occupancy when this run handed off (or ended)."""
     payload_tokens: int | None = None
@@ -61,9 +65,12 @@ async def run_summary(client: Client, workflow_id: str, run_id: str) -> RunSumma
             if scheduled.get(attrs_s.scheduled_event_id) == "call_model":
                 row.model_attempts += attrs_s.attempt
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            sid = event.activity_task_completed_event_attributes.scheduled_event_id
-            if scheduled.get(sid) == "call_model":
-                row.turns += 1
+            done = event.activity_task_completed_event_attributes
+            if scheduled.get(done.scheduled_event_id) == "call_model":
+                resp: ModelResponse = await _decode(client, done.result.payloads, ModelResponse)
+                if not resp.preflight_refused:
+                    row.turns += 1
+                    row.usage = row.usage + resp.usage
         elif et == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
             row.handoff_child = (
                 event.start_child_workflow_execution_initiated_event_attributes.workflow_id

@@ -64,6 +64,9 @@ class SessionConfig(BaseModel):
     )
     model_call_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     """start-to-close timeout of one model call attempt."""
+    model_retry_initial_s: float = Field(default=1.0, gt=0, le=600)
+    """First retry interval of a failed model call (doubles up to 60 s); `retry-after`
+    from the API overrides it."""
     human_decision_timeout_s: float | None = Field(default=None, gt=0)
     """If set, a human-decision blocker unanswered this long is auto-resolved as deferred."""
     max_human_text_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)

@@ -59,13 +59,14 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.tools import STATE_TOOLS, state_tool_specs
     from temporal_handoff.schemas.visibility import search_attribute_updates
 
-MODEL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-    maximum_attempts=0,
-)
-"""Unlimited attempts for retryable errors; non-retryable ones fail at once."""
+def model_retry(initial_s: float) -> RetryPolicy:
+    """Unlimited attempts for retryable errors; non-retryable ones fail at once."""
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=initial_s),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=max(60.0, initial_s)),
+        maximum_attempts=0,
+    )
 
 
 def eligible_line(ids: list[str]) -> str:
@@ -510,7 +511,7 @@ class AgentSessionWorkflow:
                 heartbeat_timeout=timedelta(seconds=max(30.0, self._cfg.model_call_timeout_s / 4))
                 if req.max_tokens > req.stream_threshold
                 else None,
-                retry_policy=MODEL_RETRY,
+                retry_policy=model_retry(self._cfg.model_retry_initial_s),
                 summary=f"turn {self._turn} · gen {self._generation} · "
                 f"{100 * self._ledger.usage_fraction:.0f}% context",
             )
