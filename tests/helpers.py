@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from temporalio.client import Client, WorkflowHandle
 
@@ -16,6 +17,7 @@ async def start_session(
     task_queue: str,
     project: ProjectState,
     prefix: str = "session",
+    task_timeout: timedelta | None = None,
     **config: object,
 ) -> WorkflowHandle[object, SessionResult]:
     """Start an `AgentSessionWorkflow` with a unique id."""
@@ -25,4 +27,5 @@ async def start_session(
         id=f"{prefix}-{uuid.uuid4()}",
         task_queue=task_queue,
         result_type=SessionResult,
+        task_timeout=task_timeout,
     )
