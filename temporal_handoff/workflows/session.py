@@ -383,7 +383,6 @@ class AgentSessionWorkflow:
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
 
             tool_uses = [b for b in resp.content if b.get("type") == "tool_use"]
-            progressed = bool(tool_uses)
             if tool_uses:
                 results = [await self._run_tool(tu) for tu in tool_uses]
                 self._messages.append({"role": "user", "content": results})
@@ -407,7 +406,7 @@ class AgentSessionWorkflow:
                     }
                 )
             self._ledger.pending_estimate = self._rough_tokens(self._messages[-1])
-            await self._after_turn(progressed)
+            await self._after_turn()
 
     def _rough_tokens(self, message: dict[str, Any]) -> int:
         # tiktoken is not allowed in workflow code; ~4 characters per token, calibrated,
@@ -635,19 +634,18 @@ class AgentSessionWorkflow:
             return f"error: {cause.message if isinstance(cause, ApplicationError) else err}"
 
     # ---------------------------------------------------------------- thresholds
-    async def _after_turn(self, progressed: bool) -> None:
-        frac = self._ledger.usage_fraction
+    async def _after_turn(self) -> None:
         cfg = self._cfg
-        if frac >= cfg.warn_threshold and self._child is None:
-            self._lifecycle = LifecycleState.WARNING
+        self._lifecycle = self._ledger.state_for(cfg.warn_threshold, cfg.handoff_threshold)
+        if self._lifecycle != LifecycleState.ACTIVE and self._child is None:
+            # Entering WARNING (or jumping past both thresholds at once): start the
+            # child now; a jump straight to CRITICAL seals it right below.
             await self._notify("WARNING")
             await self._start_child()
         elif self._child is not None:
             await self._send_delta()
-        if frac >= cfg.handoff_threshold:
+        if self._lifecycle == LifecycleState.CRITICAL:
             raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
-        if self._lifecycle not in (LifecycleState.WARNING,) or frac < cfg.warn_threshold:
-            self._lifecycle = self._ledger.state_for(cfg.warn_threshold, cfg.handoff_threshold)
         self._upsert_visibility(None)
 
     async def _start_child(self) -> None:
