@@ -108,6 +108,11 @@ async def test_sigkill_workers_ten_times(env: WorkflowEnvironment, client: Clien
     completed = sum((row.usage for row in chain), TokenUsage())
     assert result.ledger.total_tokens == completed.total
     assert result.ledger.calls == sum(row.turns for row in chain)
+    print(
+        f"\nRELIABILITY crashes: {kills} SIGKILLs survived; {project.completed_count} tasks, "
+        f"0 completed twice, {len(decided)} decisions + 1 message kept, "
+        f"{result.ledger.total_tokens} tokens = sum of completed calls"
+    )
 
 
 async def test_dev_server_restart_mid_session(tmp_path: Path) -> None:

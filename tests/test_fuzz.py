@@ -159,13 +159,25 @@ async def send(handle: WorkflowHandle[Any, Any], kind: str, name: str, args: lis
     return "signalled"
 
 
-async def workflow_task_failures(client: Client, workflow_id: str) -> list[str]:
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
-    return [
-        e.workflow_task_failed_event_attributes.failure.message
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
-    ]
+async def workflow_task_failures(
+    client: Client, workflow_id: str, run_id: str | None = None
+) -> list[str]:
+    """Failed workflow tasks of a run, of the runs it continued as, and of its children."""
+    failures: list[str] = []
+    pending: list[tuple[str, str | None]] = [(workflow_id, run_id)]
+    while pending:
+        wid, rid = pending.pop()
+        history = await client.get_workflow_handle(wid, run_id=rid).fetch_history()
+        for e in history.events:
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                failures.append(f"{wid}: {e.workflow_task_failed_event_attributes.failure.message}")
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+                attrs = e.workflow_execution_continued_as_new_event_attributes
+                pending.append((wid, attrs.new_execution_run_id))
+            elif e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+                ex = e.child_workflow_execution_started_event_attributes.workflow_execution
+                pending.append((ex.workflow_id, ex.run_id))
+    return failures
 
 
 async def test_fuzzed_commands_never_fail_a_workflow_task(client: Client, task_queue: str) -> None:
@@ -186,9 +198,8 @@ async def test_fuzzed_commands_never_fail_a_workflow_task(client: Client, task_q
             @arity_examples
             def fuzz(cmd: tuple[str, str, list[Any]]) -> None:
                 kind, name, args = cmd
-                # Valid flush/abort would (correctly) end or hand off the session.
-                if name == "flush" and not args:
-                    return
+                # A valid abort would (correctly) end the session. `flush` takes no
+                # argument and ignores any it is given: each one is a real handoff.
                 if name == "abort" and valid_abort(args):
                     return
                 if name == "abort" and len(args) > 1:
@@ -201,22 +212,31 @@ async def test_fuzzed_commands_never_fail_a_workflow_task(client: Client, task_q
                 outcomes[key] = outcomes.get(key, 0) + 1
 
             await asyncio.to_thread(fuzz)
-            failures = await workflow_task_failures(client, handle.id)
+            first_run = handle.first_execution_run_id
+            failures = await workflow_task_failures(client, handle.id, first_run)
             assert not failures, f"failed workflow tasks: {failures[:3]}"
-            st_ = await handle.query("status", result_type=SessionStatus)
+            # Each flush handed off (a successor, still paused and gated); nothing else ran.
+            latest = client.get_workflow_handle(handle.id, result_type=SessionResult)
+            for _ in range(200):
+                st_ = await latest.query("status", result_type=SessionStatus)
+                if st_.lifecycle in (LifecycleState.PAUSED, LifecycleState.AWAITING_DECISION):
+                    break
+                await asyncio.sleep(0.05)
             assert st_.lifecycle in (LifecycleState.PAUSED, LifecycleState.AWAITING_DECISION)
-            assert st_.turn == 0, "the gated session must not have called the model"
+            flushes = outcomes.get("signal:flush:signalled", 0)
+            assert (1 <= st_.generation <= flushes) if flushes else st_.generation == 0
+            assert not fake.message_requests(), "the gated session must not call the model"
             assert any(k.startswith("update:") and k.endswith("rejected") for k in outcomes)
 
             # The session is still healthy: it completes normally.
-            await handle.signal("resume")
-            await handle.execute_update(
+            await latest.signal("resume")
+            await latest.execute_update(
                 "decide", DecideArgs(blocker_id="B-FUZZ", decision="go"), result_type=str
             )
-            result = await asyncio.wait_for(handle.result(), timeout=60)
+            result = await asyncio.wait_for(latest.result(), timeout=60)
             assert result.reason == TerminationReason.TASK_COMPLETED
             assert result.project.completed_count == 4
-            assert not await workflow_task_failures(client, handle.id)
+            assert not await workflow_task_failures(client, handle.id, first_run)
 
 
 async def _gated_session(client: Client, task_queue: str) -> WorkflowHandle[Any, SessionResult]:
@@ -226,7 +246,7 @@ async def _gated_session(client: Client, task_queue: str) -> WorkflowHandle[Any,
     )
     return await client.start_workflow(
         "AgentSessionWorkflow",
-        SessionInput(config=SessionConfig(), project=project, paused=True),
+        SessionInput(config=SessionConfig(max_generations=1000), project=project, paused=True),
         id=f"fuzz-{uuid.uuid4()}",
         task_queue=task_queue,
         result_type=SessionResult,

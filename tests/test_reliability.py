@@ -57,7 +57,13 @@ async def test_faults_at_30_percent_over_a_169_task_session(
     total = sum((row.usage for row in chain), TokenUsage())
     assert result.ledger.total_tokens == total.total
     # Retries are visible in history as activity attempts.
-    assert sum(row.model_attempts for row in chain) > sum(row.turns for row in chain)
+    attempts = sum(row.model_attempts for row in chain)
+    assert attempts > sum(row.turns for row in chain)
+    print(
+        f"\nRELIABILITY faults: {len(faulted)} of {len(requests)} model requests faulted "
+        f"({len(faulted) / len(requests):.0%}); {attempts} attempts for {result.ledger.calls} "
+        f"calls; tasks 169/169, duplicates 0"
+    )
 
 
 async def test_non_retryable_error_raises_a_blocker(client: Client, task_queue: str) -> None:

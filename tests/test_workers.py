@@ -244,6 +244,7 @@ async def test_three_workers_thirty_sessions_one_killed(
             assert all(c.workers[w].proc.poll() is None for w in ("w2", "w3"))
             attempts = [a for h in handles for a in await activity_attempts(client, h.id)]
 
+    print("BEFORE", before_dbg := Counter(a.identity for a in attempts if a.started < victim.killed_at), "AFTER", Counter(a.identity for a in attempts if a.started >= victim.killed_at))  # DEBUG
     assert len(results) == 30
     assert_completed(results)
     killed = victim.killed_at
