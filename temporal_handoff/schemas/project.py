@@ -182,19 +182,26 @@ class ProjectState(BaseModel):
 
     def critical_path(self) -> list[str]:
         """Longest chain (by estimate hours) through the remaining tasks."""
-        best: dict[str, tuple[float, list[str]]] = {}
+        length: dict[str, float] = {}
+        prev: dict[str, str | None] = {}
         for tid in _topo_order(self.tasks):
             t = self.tasks[tid]
             if t.status in DONE_STATUSES:
                 continue
-            base = (0.0, [])
+            best_dep: str | None = None
             for d in t.depends_on:
-                if d in best and best[d][0] > base[0]:
-                    base = best[d]
-            best[tid] = (base[0] + t.estimate_h, base[1] + [tid])
-        if not best:
+                if d in length and (best_dep is None or length[d] > length[best_dep]):
+                    best_dep = d
+            length[tid] = t.estimate_h + (length[best_dep] if best_dep else 0.0)
+            prev[tid] = best_dep
+        if not length:
             return []
-        return max(best.values(), key=lambda v: v[0])[1]
+        node: str | None = max(length, key=lambda k: length[k])
+        path: list[str] = []
+        while node is not None:
+            path.append(node)
+            node = prev[node]
+        return path[::-1]
 
     def blocker(self, blocker_id: str) -> Blocker | None:
         return next((b for b in self.blockers if b.id == blocker_id), None)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from temporal_handoff.schemas.model_io import ToolSpec
-from temporal_handoff.schemas.project import BlockerType
+from temporal_handoff.schemas.project import BlockerType, EventOp
 
-STATE_TOOLS: dict[str, str] = {
+STATE_TOOLS: dict[str, EventOp] = {
     "complete_task": "complete_task",
     "fail_task": "fail_task",
     "record_decision": "record_decision",

@@ -11,7 +11,7 @@ is sealed, returns the payload, and this run continues-as-new as its successor.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.project import (
         BlockerType,
         EventError,
+        EventOp,
         StateEvent,
         apply_event,
         check_event,
@@ -110,8 +111,7 @@ class AgentSessionWorkflow:
         self._deltas_sent = 0
         self._child: workflow.ChildWorkflowHandle[Any, HandoffPayload] | None = None
         self._health = Health(**{k: v for k, v in inp.health.items() if k in Health.model_fields})
-        self._started = None
-        self._pause_started: Any = None
+        self._started: datetime | None = None
         self._longest_pause = 0.0
         self._warned = False
         self._pending_say.extend(inp.pending_human_text)
@@ -222,9 +222,9 @@ class AgentSessionWorkflow:
         return self._state.model_dump(mode="json")
 
     # ---------------------------------------------------------------- commands
-    def _check_task_event(self, op: str, args: TaskCommandArgs) -> None:
+    def _check_task_event(self, op: EventOp, args: TaskCommandArgs) -> None:
         try:
-            check_event(self._state, StateEvent(op=op, args={"task_id": args.task_id}))  # type: ignore[arg-type]
+            check_event(self._state, StateEvent(op=op, args={"task_id": args.task_id}))
         except EventError as err:
             raise ValueError(str(err)) from None
 
@@ -285,7 +285,7 @@ class AgentSessionWorkflow:
             return f"decision recorded for {args.blocker_id}"
         # skip / retry
         args_t = TaskCommandArgs.model_validate(cmd.args)
-        op = "skip_task" if kind == CommandKind.SKIP else "retry_task"
+        op: EventOp = "skip_task" if kind == CommandKind.SKIP else "retry_task"
         result = self._record(
             StateEvent(op=op, args={"task_id": args_t.task_id}, at=cmd.at, by=f"human:{args_t.by}")
         )
