@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck replay clean browser-deps
+.PHONY: demo test bench lint typecheck replay clean browser-deps compose-deps
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (set PY=python3 to use another)"; exit 1; }
@@ -23,7 +23,12 @@ browser-deps:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "warning: could not install chromium; the browser test will fail"
 
-test: $(STAMP) browser-deps
+# Debian docker-compose for the compose-file test (`docker-compose config`; no engine needed).
+compose-deps:
+	@command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; } \
+		|| echo "warning: could not install docker-compose; the compose test will fail"
+
+test: $(STAMP) browser-deps compose-deps
 	$(BIN)/ruff check temporal_handoff tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -26,7 +26,6 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCStatusCode
 
 from temporal_handoff.commands import send_update
@@ -68,19 +67,26 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 async def connect(address: str | None, namespace: str | None) -> Client:
-    """Connect using envconfig profiles/environment, with CLI overrides."""
-    from temporal_handoff.workers.plugin import HandoffPlugin
+    """Connect using envconfig profiles/environment, with CLI overrides.
 
-    config: dict[str, Any] = dict(ClientConfig.load_client_connect_config())
-    if address:
-        config["target_host"] = address
-    config.setdefault("target_host", "localhost:7233")
-    if namespace:
-        config["namespace"] = namespace
+    The client decodes what the workers wrote: it uses the same shared conversation
+    store (`HANDOFF_STORAGE_DIR`) and payload codec (`HANDOFF_CODEC_KEYS`).
+    """
+    from temporal_handoff.workers.plugin import HandoffPlugin
+    from temporal_handoff.workers.worker import (
+        WorkerConnectError,
+        codec_from_env,
+        connect_config,
+        storage_from_env,
+    )
+
     try:
-        return await asyncio.wait_for(
-            Client.connect(**config, plugins=[HandoffPlugin()]), timeout=10
-        )
+        config = connect_config(address=address, namespace=namespace)
+    except WorkerConnectError as err:
+        raise CliError(str(err)) from None
+    plugin = HandoffPlugin(storage=storage_from_env(), codec=codec_from_env())
+    try:
+        return await asyncio.wait_for(Client.connect(**config, plugins=[plugin]), timeout=10)
     except (RuntimeError, RPCError, TimeoutError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CliError(f"cannot reach Temporal at {config['target_host']}: {first}") from None
@@ -135,19 +141,67 @@ def worker(
     task_queue: str = typer.Option("agent-sessions", envvar="HANDOFF_TASK_QUEUE"),
     address: str | None = ADDRESS,
     namespace: str | None = NAMESPACE,
-    max_concurrent_activities: int = typer.Option(100, min=1),
-    max_concurrent_workflow_tasks: int = typer.Option(100, min=1),
+    profile: str | None = typer.Option(
+        None, "--profile", envvar="TEMPORAL_PROFILE",
+        help="envconfig profile (TOML config file; TLS and API key come from it or TEMPORAL_*)",
+    ),
+    identity: str | None = typer.Option(
+        None, "--identity", envvar="HANDOFF_WORKER_IDENTITY",
+        help="worker identity in history (default pid@host)",
+    ),
+    max_concurrent_activities: int = typer.Option(
+        100, min=1, envvar="HANDOFF_MAX_CONCURRENT_ACTIVITIES"
+    ),
+    max_concurrent_workflow_tasks: int = typer.Option(
+        100, min=1, envvar="HANDOFF_MAX_CONCURRENT_WORKFLOW_TASKS"
+    ),
+    task_queue_activities_per_second: float | None = typer.Option(
+        None, min=0.001, envvar="HANDOFF_TASK_QUEUE_ACTIVITIES_PER_SECOND",
+        help="server-enforced activity rate for the whole task queue (all workers)",
+    ),
+    graceful_shutdown_s: float = typer.Option(
+        30.0, min=0, envvar="HANDOFF_GRACEFUL_SHUTDOWN_S",
+        help="on SIGTERM, time in-flight activities get to finish before they are handed back",
+    ),
+    storage_dir: str | None = typer.Option(
+        None, "--storage-dir", envvar="HANDOFF_STORAGE_DIR",
+        help="conversation store shared by every worker (keeps content out of history)",
+    ),
+    health_file: str | None = typer.Option(
+        None, "--health-file", envvar="HANDOFF_HEALTH_FILE",
+        help="touched every 5 s while polling (container healthcheck)",
+    ),
 ) -> None:
-    """Run a worker (model calls use ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL from the env)."""
-    from temporal_handoff.workers.worker import run_worker
+    """Run a worker (model calls use ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL from the env).
+
+    SIGTERM drains: polling stops, in-flight activities finish (or are handed back to
+    another worker after --graceful-shutdown-s), exit code 0.
+    """
+    from temporal_handoff.workers.worker import (
+        WorkerConnectError,
+        connect_worker_client,
+        run_worker,
+    )
 
     async def go() -> None:
-        client = await connect(address, namespace)
+        try:
+            client = await connect_worker_client(
+                address=address, namespace=namespace, profile=profile, identity=identity,
+                storage_dir=storage_dir,
+            )
+        except WorkerConnectError as err:
+            raise CliError(str(err)) from None
+        except ValueError as err:  # a malformed profile, codec key or storage option
+            raise CliError(f"invalid worker configuration: {err}") from None
         await run_worker(
             client,
             task_queue=task_queue,
             max_concurrent_activities=max_concurrent_activities,
             max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
+            task_queue_activities_per_second=task_queue_activities_per_second,
+            graceful_shutdown_s=graceful_shutdown_s,
+            identity=identity,
+            health_file=health_file,
         )
 
     run(go)
@@ -418,6 +472,7 @@ def result(
 
 # The read-side commands (list, watch, stats, export, replay, plot, setup) register
 # themselves on `app`.
+import temporal_handoff.codec_cli  # noqa: E402
 import temporal_handoff.visibility_cli  # noqa: E402,F401
 
 

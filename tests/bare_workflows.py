@@ -40,7 +40,7 @@ class ChangedSessionWorkflow(AgentSessionWorkflow):
     the `notify` activities recorded in history are no longer scheduled on replay."""
 
     @workflow.run
-    async def run(self, inp: SessionInput) -> SessionResult:
+    async def run(self, inp: SessionInput | None = None) -> SessionResult:
         return await super().run(inp)
 
     async def _notify(self, *args: object, **kwargs: object) -> None:

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -170,7 +170,13 @@ async def workflow_task_failures(
         history = await client.get_workflow_handle(wid, run_id=rid).fetch_history()
         for e in history.events:
             if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-                failures.append(f"{wid}: {e.workflow_task_failed_event_attributes.failure.message}")
+                attrs_f = e.workflow_task_failed_event_attributes
+                # UNHANDLED_COMMAND is the server asking the worker to redo a task that
+                # tried to close the run (continue-as-new) while a signal arrived: the
+                # signal is then handled. Not a failure of our code.
+                if attrs_f.cause == WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND:
+                    continue
+                failures.append(f"{wid}: {attrs_f.failure.message}")
             elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
                 attrs = e.workflow_execution_continued_as_new_event_attributes
                 pending.append((wid, attrs.new_execution_run_id))
@@ -202,8 +208,6 @@ async def test_fuzzed_commands_never_fail_a_workflow_task(client: Client, task_q
                 # argument and ignores any it is given: each one is a real handoff.
                 if name == "abort" and valid_abort(args):
                     return
-                if name == "abort" and len(args) > 1:
-                    return  # known bug, see test_abort_with_extra_arguments_is_dropped
                 if not _json_safe(args):
                     return
                 fut = asyncio.run_coroutine_threadsafe(send(handle, kind, name, args), loop)
@@ -253,11 +257,6 @@ async def _gated_session(client: Client, task_queue: str) -> WorkflowHandle[Any,
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 finding: `abort` is typed `(args: AbortArgs | None = None)`; a signal "
-    "with 2+ arguments raises TypeError in the handler and every workflow task fails",
-)
 async def test_abort_with_extra_arguments_is_dropped(client: Client, task_queue: str) -> None:
     with FakeAnthropicServer() as fake:
         async with running_worker(client, task_queue, fake.base_url):
@@ -336,11 +335,6 @@ async def test_fuzzed_workflow_input_fails_the_workflow_not_the_task(
             await asyncio.to_thread(fuzz)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 finding: a null (or missing) workflow argument reaches __init__ as None "
-    "(AttributeError/TypeError) and the workflow task is retried forever",
-)
 @pytest.mark.parametrize("workflow", ["AgentSessionWorkflow", "HandoffWorkflow"])
 @pytest.mark.parametrize("args", [[None], []], ids=["null", "missing"])
 async def test_null_or_missing_input_fails_the_workflow(
@@ -362,14 +356,7 @@ def _message_of(err: Exception) -> str:
 
 SCHEMA = settings(max_examples=200, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.too_slow])
-IMPORTER = settings(SCHEMA, phases=[Phase.explicit, Phase.generate])  # no shrinking (xfail)
-IMPORTER_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=(KeyError, TypeError, AttributeError),
-    reason="issue 8 finding: the importers index and call into malformed input "
-    "(raw['id'], ph.get, {**v}, float('x'), ...) and raise KeyError/TypeError/"
-    "AttributeError instead of a ValueError that names the problem",
-)
+IMPORTER = SCHEMA
 
 
 @SCHEMA
@@ -445,14 +432,12 @@ def _import(fn: Any, data: dict[str, Any]) -> None:
     _render(state)
 
 
-@IMPORTER_BUG
 @IMPORTER
 @given(data=_orchestrator_like())
 def test_from_orchestrator_rejects_with_a_message(data: dict[str, Any]) -> None:
     _import(from_orchestrator, data)
 
 
-@IMPORTER_BUG
 @IMPORTER
 @given(data=_state_json_like())
 def test_from_state_json_rejects_with_a_message(data: dict[str, Any]) -> None:

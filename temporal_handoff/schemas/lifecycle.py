@@ -26,5 +26,7 @@ class TerminationReason(str, Enum):
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     USER_ABORT = "USER_ABORT"
     MODEL_ERROR = "MODEL_ERROR"
+    HANDOFF_FAILED = "HANDOFF_FAILED"
+    """The handoff payload could not be built (e.g. over `max_payload_bytes`)."""
     AGENT_FINISHED = "AGENT_FINISHED"
     """The model ended its turn with tasks left and no way forward (e.g. max turns)."""

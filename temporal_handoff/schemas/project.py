@@ -529,90 +529,161 @@ def _phase_milestone(state: ProjectState, phase: str) -> None:
 # ---- importers ------------------------------------------------------------------
 
 
+def _dict(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"{where}: expected text, got {type(value).__name__}")
+    return str(value)
+
+
+def _status(value: Any, where: str) -> TaskStatus:
+    text = _text(value, where).lower() or "pending"
+    return TaskStatus(text) if text in TaskStatus._value2member_map_ else TaskStatus.PENDING
+
+
+def _hours(value: Any, where: str) -> float:
+    if value is None or value == "":
+        return 1.0
+    try:
+        hours = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a number of hours, got {value!r}") from None
+    if not hours >= 0:  # also rejects NaN
+        raise ValueError(f"{where}: hours must be ≥ 0, got {value!r}")
+    return hours
+
+
+def _raw_tasks(value: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(value, dict):
+        return [{**_dict(v, f"{where}[{k!r}]"), "id": k} for k, v in value.items()]
+    items = [_dict(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where))]
+    for i, item in enumerate(items):
+        if _text(item.get("id"), f"{where}[{i}].id") == "":
+            raise ValueError(f"{where}[{i}].id: missing task id")
+    return items
+
+
+def _import_task(raw: dict[str, Any], where: str, phase: str) -> Task:
+    deps = raw.get("dependencies") if raw.get("dependencies") is not None else raw.get("depends_on")
+    return Task(
+        id=_text(raw["id"], f"{where}.id"),
+        title=_text(raw.get("title") or raw.get("name") or raw.get("description"), f"{where}.title"),
+        phase=_text(raw.get("phase"), f"{where}.phase") or phase,
+        status=_status(raw.get("status"), f"{where}.status"),
+        depends_on=[_text(d, f"{where}.dependencies") for d in _list(deps, f"{where}.dependencies")],
+        estimate_h=_hours(raw.get("estimate_h", raw.get("estimated_hours")), f"{where}.estimate_h"),
+    )
+
+
+def _env(value: Any, where: str) -> dict[str, str]:
+    return {str(k): _text(v, f"{where}.{k}") for k, v in _dict(value, where).items()}
+
+
 def from_orchestrator(data: dict[str, Any]) -> ProjectState:
     """Import an orchestrator state file: ``metadata``/``context``/``tasks``/``dag``.
 
     ``tasks`` is a list (or id-keyed map) of ``{id, title|name, status, dependencies|
     depends_on, phase}``; ``dag.phases`` lists ``{id|name, tasks: [ids]}``.
+
+    Raises:
+        ValueError: malformed input; the message names the offending field.
     """
-    meta = data.get("metadata") or {}
-    ctx = data.get("context") or {}
-    raw_tasks = data.get("tasks") or []
-    if isinstance(raw_tasks, dict):
-        raw_tasks = [{"id": k, **v} for k, v in raw_tasks.items()]
+    data = _dict(data, "state file")
+    meta = _dict(data.get("metadata"), "metadata")
+    ctx = _dict(data.get("context"), "context")
     phase_of: dict[str, str] = {}
     phases: list[Phase] = []
-    for i, ph in enumerate((data.get("dag") or {}).get("phases") or []):
-        pid = str(ph.get("id") or ph.get("name") or f"phase-{i + 1}")
-        phases.append(Phase(id=pid, name=str(ph.get("name", pid))))
-        for tid in ph.get("tasks") or []:
-            phase_of[str(tid)] = pid
+    for i, raw_ph in enumerate(_list(_dict(data.get("dag"), "dag").get("phases"), "dag.phases")):
+        ph = _dict(raw_ph, f"dag.phases[{i}]")
+        pid = _text(ph.get("id") or ph.get("name"), f"dag.phases[{i}].id") or f"phase-{i + 1}"
+        phases.append(Phase(id=pid, name=_text(ph.get("name"), f"dag.phases[{i}].name") or pid))
+        for tid in _list(ph.get("tasks"), f"dag.phases[{i}].tasks"):
+            phase_of[_text(tid, f"dag.phases[{i}].tasks")] = pid
     tasks: dict[str, Task] = {}
-    for raw in raw_tasks:
-        tid = str(raw["id"])
-        status = str(raw.get("status", "pending")).lower()
-        tasks[tid] = Task(
-            id=tid,
-            title=str(raw.get("title") or raw.get("name") or raw.get("description") or ""),
-            phase=str(raw.get("phase") or phase_of.get(tid, "")),
-            status=TaskStatus(status) if status in TaskStatus._value2member_map_ else TaskStatus.PENDING,
-            depends_on=[str(d) for d in raw.get("dependencies") or raw.get("depends_on") or []],
-            estimate_h=float(raw.get("estimate_h") or raw.get("estimated_hours") or 1.0),
-        )
+    for i, raw in enumerate(_raw_tasks(data.get("tasks"), "tasks")):
+        task = _import_task(raw, f"tasks[{i}]", phase_of.get(str(raw["id"]), ""))
+        tasks[task.id] = task
     return ProjectState(
-        name=str(meta.get("project") or meta.get("name") or "project"),
-        original_request=str(ctx.get("request") or ctx.get("original_request") or ""),
-        goal=str(ctx.get("goal") or meta.get("goal") or ""),
+        name=_text(meta.get("project") or meta.get("name"), "metadata.project") or "project",
+        original_request=_text(
+            ctx.get("request") or ctx.get("original_request"), "context.request"
+        ),
+        goal=_text(ctx.get("goal") or meta.get("goal"), "context.goal"),
         phases=phases,
         tasks=tasks,
         current_phase=phases[0].id if phases else None,
-        environment={str(k): str(v) for k, v in (ctx.get("environment") or {}).items()},
+        environment=_env(ctx.get("environment"), "context.environment"),
     )
 
 
 def from_state_json(data: dict[str, Any]) -> ProjectState:
     """Import a ``state.json``: ``progress``/``completed_milestones``/``blockers``/
-    ``decisions``/``environment`` (plus optional ``tasks``)."""
-    progress = data.get("progress") or {}
+    ``decisions``/``environment`` (plus optional ``tasks``).
+
+    Raises:
+        ValueError: malformed input; the message names the offending field.
+    """
+    data = _dict(data, "state.json")
+    progress = _dict(data.get("progress"), "progress")
+    raw_tasks = data.get("tasks") if data.get("tasks") is not None else progress.get("tasks")
     tasks: dict[str, Task] = {}
-    for raw in data.get("tasks") or progress.get("tasks") or []:
-        tid = str(raw["id"])
-        status = str(raw.get("status", "pending")).lower()
-        tasks[tid] = Task(
-            id=tid,
-            title=str(raw.get("title", "")),
-            phase=str(raw.get("phase", "")),
-            status=TaskStatus(status) if status in TaskStatus._value2member_map_ else TaskStatus.PENDING,
-            depends_on=[str(d) for d in raw.get("depends_on") or raw.get("dependencies") or []],
+    for i, raw in enumerate(_raw_tasks(raw_tasks, "tasks")):
+        task = _import_task(raw, f"tasks[{i}]", "")
+        tasks[task.id] = task
+    blockers = []
+    for i, raw_b in enumerate(_list(data.get("blockers"), "blockers")):
+        b = _dict(raw_b, f"blockers[{i}]")
+        kind = _text(b.get("type"), f"blockers[{i}].type")
+        blockers.append(
+            Blocker(
+                id=_text(b.get("id"), f"blockers[{i}].id") or f"B{i + 1:04d}",
+                type=BlockerType(kind)
+                if kind in BlockerType._value2member_map_ else BlockerType.TECHNICAL,
+                description=_text(b.get("description") or b.get("title"), f"blockers[{i}]"),
+                status="resolved" if b.get("status") == "resolved" else "open",
+                resolution=_text(b.get("resolution"), f"blockers[{i}].resolution"),
+            )
         )
-    blockers = [
-        Blocker(
-            id=str(b.get("id") or f"B{i + 1:04d}"),
-            type=BlockerType(b.get("type", "technical"))
-            if b.get("type") in BlockerType._value2member_map_ else BlockerType.TECHNICAL,
-            description=str(b.get("description") or b.get("title") or ""),
-            status="resolved" if b.get("status") == "resolved" else "open",
-            resolution=str(b.get("resolution") or ""),
+    decisions = []
+    for i, raw_d in enumerate(_list(data.get("decisions"), "decisions")):
+        d = _dict(raw_d, f"decisions[{i}]")
+        decisions.append(
+            Decision(
+                id=_text(d.get("id"), f"decisions[{i}].id") or f"D{i + 1:04d}",
+                title=_text(d.get("title") or d.get("decision"), f"decisions[{i}].title"),
+                rationale=_text(d.get("rationale"), f"decisions[{i}].rationale"),
+            )
         )
-        for i, b in enumerate(data.get("blockers") or [])
-    ]
-    decisions = [
-        Decision(
-            id=str(d.get("id") or f"D{i + 1:04d}"),
-            title=str(d.get("title") or d.get("decision") or ""),
-            rationale=str(d.get("rationale") or ""),
-        )
-        for i, d in enumerate(data.get("decisions") or [])
-    ]
+    phase = progress.get("current_phase")
     return ProjectState(
-        name=str(data.get("project") or progress.get("project") or "project"),
-        goal=str(data.get("goal") or progress.get("goal") or ""),
-        current_phase=progress.get("current_phase"),
+        name=_text(data.get("project") or progress.get("project"), "project") or "project",
+        goal=_text(data.get("goal") or progress.get("goal"), "goal"),
+        current_phase=_text(phase, "progress.current_phase") if phase is not None else None,
         tasks=tasks,
-        milestones=[str(m) for m in data.get("completed_milestones") or []],
+        milestones=[
+            _text(m, "completed_milestones")
+            for m in _list(data.get("completed_milestones"), "completed_milestones")
+        ],
         blockers=blockers,
         decisions=decisions,
-        environment={str(k): str(v) for k, v in (data.get("environment") or {}).items()},
+        environment=_env(data.get("environment"), "environment"),
     )
 
 

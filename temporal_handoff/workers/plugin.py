@@ -11,6 +11,7 @@ schema modules through the workflow sandbox, and lists the deterministic failure
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -19,7 +20,14 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
 from temporalio.contrib.pydantic import PydanticPayloadConverter
-from temporalio.converter import DataConverter, DefaultPayloadConverter
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    ExternalStorage,
+    PayloadCodec,
+)
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -61,10 +69,25 @@ class HandoffOptions(BaseModel):
     """Heartbeat interval of streaming model calls."""
 
 
-def _data_converter(existing: DataConverter | None) -> DataConverter:
+def _data_converter(
+    existing: DataConverter | None,
+    storage: ExternalStorage | None = None,
+    codec: PayloadCodec | None = None,
+) -> DataConverter:
     base = existing or DataConverter.default
     if base.payload_converter_class is DefaultPayloadConverter:
-        return dataclasses.replace(base, payload_converter_class=PydanticPayloadConverter)
+        base = dataclasses.replace(base, payload_converter_class=PydanticPayloadConverter)
+    if storage is not None and base.external_storage is None:
+        # A user's own external storage wins; ours only fills the gap.
+        base = dataclasses.replace(base, external_storage=storage)
+    if codec is not None and base.payload_codec is None:
+        # A user's own codec wins. With ours, failure messages and stack traces move
+        # into the (encrypted) encoded attributes too.
+        base = dataclasses.replace(base, payload_codec=codec)
+        if base.failure_converter_class is DefaultFailureConverter:
+            base = dataclasses.replace(
+                base, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
+            )
     return base
 
 
@@ -99,6 +122,13 @@ class HandoffPlugin(SimplePlugin):
         tools: user-defined tools, run as activities.
         anthropic_client: a preconfigured `AsyncAnthropic` (tests point it at the
             fake server); by default one is built from the worker's environment.
+        storage: external payload storage that keeps conversation content out of
+            workflow history (see `temporal_handoff.workers.storage.external_storage`);
+            ignored if the client's data converter already has one. Every worker
+            and client of a deployment must be given the same storage.
+        codec: payload codec, e.g. `temporal_handoff.codec.AesGcmCodec` (see
+            `codec_from_env`); also encodes failure messages. Ignored if the client's
+            data converter already has a codec. Workers and clients need the same keys.
     """
 
     def __init__(
@@ -108,6 +138,8 @@ class HandoffPlugin(SimplePlugin):
         notifier: Notifier | None = None,
         tools: Sequence[UserTool] = (),
         anthropic_client: anthropic.AsyncAnthropic | None = None,
+        storage: ExternalStorage | None = None,
+        codec: PayloadCodec | None = None,
     ) -> None:
         self.options = options or HandoffOptions()
         names = [t.spec.name for t in tools]
@@ -121,7 +153,7 @@ class HandoffPlugin(SimplePlugin):
         notify = NotifyActivities(notifier)
         super().__init__(
             name="temporal_handoff.HandoffPlugin",
-            data_converter=_data_converter,
+            data_converter=functools.partial(_data_converter, storage=storage, codec=codec),
             activities=[
                 model.call_model,
                 model.model_info,

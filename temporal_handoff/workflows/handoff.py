@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.events import HandoffDelta, HandoffInput, SealRequest
@@ -22,7 +23,9 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="HandoffWorkflow")
 class HandoffWorkflow:
     @workflow.init
-    def __init__(self, inp: HandoffInput) -> None:
+    def __init__(self, inp: HandoffInput | None = None) -> None:
+        if inp is None:
+            raise ApplicationError("HandoffWorkflow needs a HandoffInput argument", non_retryable=True)
         self._inp = inp
         self._state = inp.state.model_copy(deep=True)
         self._events: list[StateEvent] = list(inp.events_since_last_handoff)
@@ -52,7 +55,8 @@ class HandoffWorkflow:
         return {"deltas": self._deltas, "events": len(self._events), "sealed": bool(self._seal)}
 
     @workflow.run
-    async def run(self, inp: HandoffInput) -> HandoffPayload:
+    async def run(self, inp: HandoffInput | None = None) -> HandoffPayload:
+        inp = self._inp
         await workflow.wait_condition(lambda: self._seal is not None)
         seal = self._seal
         assert seal is not None

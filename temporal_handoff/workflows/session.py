@@ -14,6 +14,7 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
@@ -88,7 +89,11 @@ class _Handoff(Exception):
 @workflow.defn(name="AgentSessionWorkflow")
 class AgentSessionWorkflow:
     @workflow.init
-    def __init__(self, inp: SessionInput) -> None:
+    def __init__(self, inp: SessionInput | None = None) -> None:
+        if inp is None:
+            raise ApplicationError(
+                "AgentSessionWorkflow needs a SessionInput argument", non_retryable=True
+            )
         self._inp = inp
         self._cfg = inp.config
         self._state = inp.project.model_copy(deep=True)
@@ -181,10 +186,18 @@ class AgentSessionWorkflow:
         self._accept(Command(kind=CommandKind.FLUSH, at=workflow.now()))
 
     @workflow.signal(name="abort")
-    def abort(self, args: AbortArgs | None = None) -> None:
-        self._accept(
-            Command(kind=CommandKind.ABORT, args=(args or AbortArgs()).model_dump(), at=workflow.now())
-        )
+    def abort(self, *raw: Any) -> None:
+        # Validated by hand: a signal cannot be rejected, so a malformed one (wrong
+        # type, extra arguments) is logged and dropped instead of failing the task.
+        if len(raw) > 1:
+            workflow.logger.warning("abort: dropped, expected at most one argument")
+            return
+        try:
+            args = AbortArgs.model_validate(raw[0]) if raw and raw[0] is not None else AbortArgs()
+        except ValidationError as err:
+            workflow.logger.warning("abort: dropped malformed arguments: %s", err.errors()[0]["msg"])
+            return
+        self._accept(Command(kind=CommandKind.ABORT, args=args.model_dump(), at=workflow.now()))
 
     @workflow.query(name="status")
     def status(self) -> SessionStatus:
@@ -303,7 +316,8 @@ class AgentSessionWorkflow:
 
     # ---------------------------------------------------------------- main loop
     @workflow.run
-    async def run(self, inp: SessionInput) -> SessionResult:
+    async def run(self, inp: SessionInput | None = None) -> SessionResult:
+        inp = self._inp
         self._started = inp.started_at or workflow.now()
         info = await workflow.execute_activity(
             "model_info",
@@ -703,7 +717,10 @@ class AgentSessionWorkflow:
         self._set_details()
         assert self._child is not None
         await self._child.signal("seal", self._seal_request(reason))
-        payload = await self._child
+        try:
+            payload = await self._child
+        except ChildWorkflowError as err:
+            return await self._handoff_failed(err)
         self._lifecycle = LifecycleState.HANDOFF_COMPLETE
         await self._notify("HANDOFF", reason, payload.summary())
         self._upsert_visibility(payload)
@@ -727,6 +744,26 @@ class AgentSessionWorkflow:
             )
         )
 
+    async def _handoff_failed(self, err: ChildWorkflowError) -> SessionResult:
+        """The payload could not be built: end with the full state, nothing dropped."""
+        cause: BaseException = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        message = getattr(cause, "message", None) or str(cause)
+        self._child = None
+        self._sealing = False
+        for cmd in self._inbox:  # commands that waited for the successor
+            self._apply_command(cmd)
+        self._inbox = []
+        self._record(
+            StateEvent(
+                op="record_error",
+                args={"source": "handoff", "message": message},
+                at=workflow.now(), by="system",
+            )
+        )
+        return await self._finish(TerminationReason.HANDOFF_FAILED, message, final=False)
+
     def _seal_request(self, reason: TerminationReason) -> SealRequest:
         return SealRequest(
             reason=reason,
@@ -736,10 +773,12 @@ class AgentSessionWorkflow:
             events_sent=self._deltas_sent,
         )
 
-    async def _finish(self, reason: TerminationReason, message: str) -> SessionResult:
-        final: HandoffPayload | None = None
-        if reason != TerminationReason.TASK_COMPLETED:
-            final = await self._final_document(reason)
+    async def _finish(
+        self, reason: TerminationReason, message: str, final: bool = True
+    ) -> SessionResult:
+        document: HandoffPayload | None = None
+        if final and reason != TerminationReason.TASK_COMPLETED:
+            document = await self._final_document(reason)
         elif self._child is not None:
             # Finished before sealing: the half-built handoff is not needed.
             self._child.cancel()
@@ -749,7 +788,7 @@ class AgentSessionWorkflow:
                 pass
         self._lifecycle = LifecycleState.TERMINATED
         await self._notify("TERMINATED", reason)
-        self._upsert_visibility(final)
+        self._upsert_visibility(document)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return SessionResult(
             session_id=workflow.info().workflow_id,
@@ -759,12 +798,14 @@ class AgentSessionWorkflow:
             ledger=self._ledger,
             lineage=self._lineage(),
             health=self._health,
-            final_handoff=final,
+            final_handoff=document,
             message=message,
         )
 
-    async def _final_document(self, reason: TerminationReason) -> HandoffPayload:
-        """The document to resume from, built by the child if one runs, else directly."""
+    async def _final_document(self, reason: TerminationReason) -> HandoffPayload | None:
+        """The document to resume from, built by the child if one runs, else directly.
+
+        None if it cannot be built (the state is still in the result)."""
         if self._child is not None:
             await self._send_delta()
             await self._child.signal("seal", self._seal_request(reason))
@@ -785,21 +826,32 @@ class AgentSessionWorkflow:
             recent_human_input=self._recent_human[-10:],
             paused_seconds=self._longest_pause,
         )
-        return await workflow.execute_activity(
-            "build_handoff",
-            {
-                "state": self._state.model_dump(mode="json"),
-                "context": ctx.model_dump(mode="json"),
-                "level": self._cfg.compression_level.value,
-                "budgets": {k.value: v for k, v in self._cfg.level_budgets.items()},
-                "calibration": self._ledger.calibration,
-                "max_payload_bytes": self._cfg.max_payload_bytes,
-            },
-            result_type=HandoffPayload,
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=5),
-            summary=f"final handoff document ({reason.value})",
-        )
+        try:
+            return await workflow.execute_activity(
+                "build_handoff",
+                {
+                    "state": self._state.model_dump(mode="json"),
+                    "context": ctx.model_dump(mode="json"),
+                    "level": self._cfg.compression_level.value,
+                    "budgets": {k.value: v for k, v in self._cfg.level_budgets.items()},
+                    "calibration": self._ledger.calibration,
+                    "max_payload_bytes": self._cfg.max_payload_bytes,
+                },
+                result_type=HandoffPayload,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=RetryPolicy(maximum_attempts=5),
+                summary=f"final handoff document ({reason.value})",
+            )
+        except ActivityError as err:
+            cause = err.cause
+            text = cause.message if isinstance(cause, ApplicationError) else str(err)
+            self._record(
+                StateEvent(
+                    op="record_error", args={"source": "handoff", "message": text},
+                    at=workflow.now(), by="system",
+                )
+            )
+            return None
 
     # ---------------------------------------------------------------- visibility
     async def _notify(

@@ -1,0 +1,79 @@
+"""`handoff codec-server` (and `handoff codec-key`): payload encryption for the Temporal UI.
+
+Registered on the `app` of :mod:`temporal_handoff.cli` (imported at the end of that
+module). Keys come only from ``HANDOFF_CODEC_KEYS`` (never a command-line argument,
+which other users could read in the process list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from temporal_handoff.cli import CliError, app, console, fail, run
+from temporal_handoff.codec import KEYS_ENV, CodecKeyError, codec_from_env, generate_key, parse_keys
+from temporal_handoff.codec_server import TOKEN_ENV, serve_codec
+
+MIN_TOKEN_CHARS = 16
+
+
+@app.command("codec-server")
+def codec_server(
+    token: str = typer.Option(
+        "", "--token", envvar=TOKEN_ENV, show_default=False,
+        help=f"bearer token clients must send (prefer the {TOKEN_ENV} variable)",
+    ),
+    ui_origin: str = typer.Option(
+        "http://localhost:8233", "--ui-origin", help="the only origin allowed by CORS"
+    ),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8081, "--port", min=0, max=65535),
+) -> None:
+    """Serve /encode and /decode with the HANDOFF_CODEC_KEYS codec (bearer token, CORS)."""
+
+    async def go() -> None:
+        if len(token) < MIN_TOKEN_CHARS:
+            raise CliError(
+                f"a bearer token of at least {MIN_TOKEN_CHARS} characters is required "
+                f"(--token or {TOKEN_ENV})"
+            )
+        try:
+            codec = codec_from_env()
+        except CodecKeyError as err:
+            raise CliError(str(err)) from None
+        if codec is None:
+            raise CliError(f"{KEYS_ENV} is not set (e.g. 'k1:<base64 32-byte key>')")
+        try:
+            runner = await serve_codec(
+                codec, token=token, ui_origin=ui_origin or None, host=host, port=port
+            )
+        except OSError as err:
+            raise CliError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        bound = runner.addresses[0] if runner.addresses else (host, port)
+        console.print(
+            f"codec server on http://{bound[0]}:{bound[1]} · keys {', '.join(codec.key_ids)} "
+            f"(active {codec.active_key_id}) · CORS origin {ui_origin or 'none'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        run(go)
+    except KeyboardInterrupt:  # pragma: no cover - interactive stop
+        pass
+
+
+@app.command("codec-key")
+def codec_key(key_id: str = typer.Argument("k1")) -> None:
+    """Print a new random key entry for HANDOFF_CODEC_KEYS (put the newest first)."""
+    entry = f"{key_id}:{generate_key()}"
+    try:
+        parse_keys(entry)
+    except CodecKeyError as err:
+        fail(str(err), 2)
+    print(entry)
