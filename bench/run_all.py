@@ -12,12 +12,12 @@ Run: ``.venv/bin/python bench/run_all.py [--quick] [--only NAME ...]``.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import gzip
 import time
 from datetime import UTC, datetime
 from pathlib import Path
