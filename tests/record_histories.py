@@ -1,6 +1,6 @@
 """Record the histories replayed in CI (`tests/test_replay.py`).
 
-    .venv/bin/python -m tests.record_histories
+    .venv/bin/python -m tests.record_histories v1     # writes tests/histories/v1/
 
 Runs one session on a fresh dev server against the fake model: ≥ 2 handoffs, human
 commands (say, decide, pause/resume) and a model call that fails once and is
@@ -26,10 +26,12 @@ from temporal_handoff.workers.plugin import HandoffPlugin
 from tests.conftest import running_worker
 from tests.helpers import start_session
 
-OUT = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).parent / "histories"
 
 
-async def main() -> None:
+async def main(version: str) -> None:
+    out = HISTORIES / version
+    out.mkdir(parents=True, exist_ok=True)
     env = await start_dev_server()
     config = env.client.config()
     config["plugins"] = [HandoffPlugin()]
@@ -60,26 +62,28 @@ async def main() -> None:
                 result = result_task.result()
         chain = await session_chain(client, handle.id)
         assert len(chain) >= 3, "need at least two handoffs"
-        for f in OUT.glob("*.json"):
+        for f in out.glob("*.json"):
             f.unlink()
         for row in chain:
             h = client.get_workflow_handle(handle.id, run_id=row.run_id)
             history = await h.fetch_history()
-            (OUT / f"session-gen{row.generation}.json").write_text(history.to_json())
+            (out / f"session-gen{row.generation}.json").write_text(history.to_json())
             if row.handoff_child:
                 child = await client.get_workflow_handle(row.handoff_child).fetch_history()
-                (OUT / f"handoff-gen{row.generation}.json").write_text(child.to_json())
+                (out / f"handoff-gen{row.generation}.json").write_text(child.to_json())
         meta = {
             "workflow_id": handle.id,
             "generations": len(chain),
             "reason": result.reason.value,
             "decisions": len(result.project.decisions),
         }
-        (OUT / "README.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (out / "README.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         print(meta)
     finally:
         await env.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    import sys
+
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "current"))

@@ -68,6 +68,8 @@ class SealRequest(BaseModel):
     template: str | None = None
     events_sent: int = 0
     """How many deltas' events the session sent; the child checks it has them all."""
+    events: list[StateEvent] = Field(default_factory=list)
+    """The last events, sent with the seal instead of a separate delta."""
 
 
 class RecallRequest(BaseModel):

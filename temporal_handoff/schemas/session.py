@@ -94,6 +94,8 @@ class SessionInput(BaseModel):
     paused: bool = False
     handoff_reason: TerminationReason | None = None
     """Why the predecessor handed off (CONTEXT_HANDOFF, MANUAL_FLUSH, HISTORY_LIMIT)."""
+    announce_handoff: bool = False
+    """The successor sends the HANDOFF notification (off the handoff's critical path)."""
     started_at: datetime | None = None
 
 

@@ -35,7 +35,11 @@ class HandoffWorkflow:
 
     @workflow.signal(name="delta")
     def delta(self, d: HandoffDelta) -> None:
-        for event in d.events:
+        self._apply(d.events)
+        self._deltas += 1
+
+    def _apply(self, events: list[StateEvent]) -> None:
+        for event in events:
             try:
                 apply_event(self._state, event)
             except EventError as err:
@@ -43,11 +47,11 @@ class HandoffWorkflow:
                 # copies diverged; keep going and say so in the payload.
                 self._skipped.append(f"{event.op}: {err}")
             self._events.append(event)
-        self._deltas += 1
 
     @workflow.signal(name="seal")
     def seal(self, req: SealRequest) -> None:
         if self._seal is None:
+            self._apply(req.events)
             self._seal = req
 
     @workflow.query(name="progress")

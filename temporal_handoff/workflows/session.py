@@ -117,6 +117,8 @@ class AgentSessionWorkflow:
         self._child: workflow.ChildWorkflowHandle[Any, HandoffPayload] | None = None
         self._health = Health(**{k: v for k, v in inp.health.items() if k in Health.model_fields})
         self._started: datetime | None = None
+        self._notifying: list[workflow.ActivityHandle[None]] = []
+        """Notifications running alongside the session; awaited at the next safe point."""
         self._longest_pause = 0.0
         self._warned = False
         self._pending_say.extend(inp.pending_human_text)
@@ -319,14 +321,26 @@ class AgentSessionWorkflow:
     async def run(self, inp: SessionInput | None = None) -> SessionResult:
         inp = self._inp
         self._started = inp.started_at or workflow.now()
-        info = await workflow.execute_activity(
-            "model_info",
-            ModelInfoRequest(model=self._model, override=self._cfg.context_window),
-            result_type=ModelInfoResult,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=3),
+        same_model = (
+            inp.generation > 0
+            and inp.ledger is not None
+            and self._cfg.model_for(inp.generation - 1) == self._model
         )
-        self._ledger.context_window = info.context_window
+        if not (same_model and workflow.patched("reuse-context-window-1")):
+            info = await workflow.execute_activity(
+                "model_info",
+                ModelInfoRequest(model=self._model, override=self._cfg.context_window),
+                result_type=ModelInfoResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+            self._ledger.context_window = info.context_window
+        if inp.announce_handoff and inp.handoff is not None:
+            # The predecessor left this to us so the handoff's critical path is
+            # shorter; it runs alongside the first model call.
+            self._notifying.append(
+                self._start_notify("HANDOFF", inp.handoff_reason, inp.handoff.summary())
+            )
         self._lifecycle = LifecycleState.ACTIVE
         self._messages = [{"role": "user", "content": self._opening_text(inp.handoff)}]
         self._upsert_visibility(inp.handoff)
@@ -385,6 +399,7 @@ class AgentSessionWorkflow:
 
             self._flush_human_text()
             resp = await self._call_model()
+            await self._notified()
             if resp is None:  # non-retryable model error: now awaiting a decision
                 continue
             if resp.preflight_refused:
@@ -654,7 +669,10 @@ class AgentSessionWorkflow:
         if self._lifecycle != LifecycleState.ACTIVE and self._child is None:
             # Entering WARNING (or jumping past both thresholds at once): start the
             # child now; a jump straight to CRITICAL seals it right below.
-            await self._notify("WARNING")
+            if workflow.patched("fast-handoff-1"):
+                self._notifying.append(self._start_notify("WARNING"))
+            else:
+                await self._notify("WARNING")
             await self._start_child()
         elif self._child is not None:
             await self._send_delta()
@@ -707,23 +725,39 @@ class AgentSessionWorkflow:
                 f"max generations ({self._cfg.max_generations}) reached",
             )
         self._lifecycle = LifecycleState.CRITICAL
-        await self._notify("CRITICAL", reason)
+        # Fast path: the CRITICAL notification runs alongside the sealing, the last
+        # events ride on the seal signal, and the successor announces the handoff.
+        # Sessions recorded before it replay the old, sequential path.
+        fast = workflow.patched("fast-handoff-1")
+        critical = self._start_notify("CRITICAL", reason) if fast else None
+        if critical is None:
+            await self._notify("CRITICAL", reason)
         if self._child is None:
             await self._start_child()
-        else:
+        elif not fast:
             await self._send_delta()
         self._lifecycle = LifecycleState.HANDOFF_PENDING
         self._sealing = True
         self._set_details()
         assert self._child is not None
-        await self._child.signal("seal", self._seal_request(reason))
+        seal = self._seal_request(reason)
+        if fast:
+            seal.events = self._events[self._events_sent :]
+            self._events_sent = len(self._events)
+        await self._child.signal("seal", seal)
         try:
             payload = await self._child
         except ChildWorkflowError as err:
+            if critical is not None:
+                await critical
             return await self._handoff_failed(err)
         self._lifecycle = LifecycleState.HANDOFF_COMPLETE
-        await self._notify("HANDOFF", reason, payload.summary())
+        if critical is not None:
+            await critical
+        else:
+            await self._notify("HANDOFF", reason, payload.summary())
         self._upsert_visibility(payload)
+        await self._notified()
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
             SessionInput(
@@ -741,6 +775,7 @@ class AgentSessionWorkflow:
                 paused=self._paused,
                 started_at=self._started,
                 handoff_reason=reason,
+                announce_handoff=fast,
             )
         )
 
@@ -787,6 +822,7 @@ class AgentSessionWorkflow:
             except (ChildWorkflowError, asyncio.CancelledError):
                 pass
         self._lifecycle = LifecycleState.TERMINATED
+        await self._notified()
         await self._notify("TERMINATED", reason)
         self._upsert_visibility(document)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -857,7 +893,18 @@ class AgentSessionWorkflow:
     async def _notify(
         self, event: str, reason: TerminationReason | None = None, summary: str = ""
     ) -> None:
-        await workflow.execute_activity(
+        await self._start_notify(event, reason, summary)
+
+    async def _notified(self) -> None:
+        """Wait for the notifications started in the background."""
+        while self._notifying:
+            await self._notifying.pop(0)
+
+    def _start_notify(
+        self, event: str, reason: TerminationReason | None = None, summary: str = ""
+    ) -> workflow.ActivityHandle[None]:
+        """Schedule a lifecycle notification; await the handle to wait for it."""
+        return workflow.start_activity(
             "notify",
             LifecycleEvent(
                 session_id=workflow.info().workflow_id,
