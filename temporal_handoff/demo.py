@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -29,6 +30,7 @@ from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult, SessionStatus
 from temporal_handoff.workers.devserver import start_dev_server
 from temporal_handoff.workers.plugin import HandoffPlugin
+from temporal_handoff.workers.storage import external_storage
 
 
 def _free(port: int) -> bool:
@@ -89,7 +91,9 @@ async def run_demo(
             )
             console.print(f"No ANTHROPIC_API_KEY: using the fake Messages API at {fake.base_url}")
         config = env.client.config()
-        config["plugins"] = [HandoffPlugin(anthropic_client=model_client)]
+        # Conversation content goes to the local content store, not into history.
+        store = external_storage(str(Path(db_file).parent / "payloads"))
+        config["plugins"] = [HandoffPlugin(anthropic_client=model_client, storage=store)]
         client = Client(**config)
         task_queue = f"demo-{uuid.uuid4().hex[:8]}"
         workflow_id = f"demo-session-{uuid.uuid4().hex[:8]}"

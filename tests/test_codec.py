@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -166,6 +167,10 @@ async def test_history_is_ciphertext_and_codec_server_decodes_with_token(
         assert marker.encode() not in raw, f"plaintext task title in history of {wid}"
         seen = 0
         for event in history.events:
+            if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+                # Version markers (`workflow.patched`) hold only the patch id and are
+                # written by the SDK core, outside the codec.
+                continue
             for p in payloads_in(event):
                 if is_search_attribute(p):
                     continue
