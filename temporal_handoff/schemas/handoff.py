@@ -627,7 +627,7 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
     phase = state.current_phase
     in_phase = [t for t in tasks if t.phase == phase] if phase else []
     phase_name = next((p.name for p in state.phases if p.id == phase), "")
-    crit = _critical_path(state)
+    crit = state.critical_path()
 
     completed = [t for t in tasks if t.status == TaskStatus.COMPLETED]
     # Most recent first: generation that completed it, then plan order.
@@ -769,44 +769,6 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
         },
         paused_seconds=ctx.paused_seconds,
     )
-
-
-def _critical_path(state: ProjectState) -> list[str]:
-    """Longest remaining chain by estimate hours (same result as
-    ``ProjectState.critical_path``, linear time: predecessor links, not list copies)."""
-    tasks = state.tasks
-    indeg = {tid: 0 for tid in tasks}
-    children: dict[str, list[str]] = {}
-    for tid, t in tasks.items():
-        for d in t.depends_on:
-            indeg[tid] += 1
-            children.setdefault(d, []).append(tid)
-    order = [tid for tid, n in indeg.items() if n == 0]
-    for tid in order:  # Kahn's algorithm; `order` grows while iterating
-        for c in children.get(tid, ()):
-            indeg[c] -= 1
-            if indeg[c] == 0:
-                order.append(c)
-    best: dict[str, float] = {}
-    prev: dict[str, str | None] = {}
-    for tid in order:
-        t = tasks[tid]
-        if t.status in DONE_STATUSES:
-            continue
-        base, via = 0.0, None
-        for d in t.depends_on:
-            if d in best and best[d] > base:
-                base, via = best[d], d
-        best[tid] = base + t.estimate_h
-        prev[tid] = via
-    if not best:
-        return []
-    end: str | None = max(best, key=lambda k: best[k])
-    path: list[str] = []
-    while end is not None:
-        path.append(end)
-        end = prev[end]
-    return path[::-1]
 
 
 def _blocker_item(b: Any) -> BlockerItem:
