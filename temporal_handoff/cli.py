@@ -47,7 +47,7 @@ from temporal_handoff.schemas.session import (
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 110)
 err_console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ async def run_demo(
     tasks_per_turn: int = 2,
 ) -> dict[str, Any]:
     """Run the demo session to completion and return the summary dict."""
-    console = Console(stderr=as_json, quiet=as_json)
+    # Piped output (CI logs, `| tee`) gets a wide console so the chain table is whole.
+    console = Console(stderr=as_json, quiet=as_json, width=None if sys.stdout.isatty() else 110)
     if not _free(port):
         console.print(f"[yellow]port {port} is busy; using a random port[/]")
         port, ui_port = 0, 0
