@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,6 +357,14 @@ async def py_spy_record(pid: int, seconds: float, out: Path) -> asyncio.subproce
     )
 
 
+def _samples(path: Path) -> Iterator[tuple[str, int]]:
+    """(stack, sample count) per line of a py-spy collapsed-stack file."""
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack, int(count)
+
+
 def summarize_collapsed(path: Path, top: int = 12) -> list[dict[str, Any]]:
     """Top functions by inclusive share of samples from a py-spy collapsed-stack file."""
     if not path.exists():
@@ -364,11 +372,7 @@ def summarize_collapsed(path: Path, top: int = 12) -> list[dict[str, Any]]:
     inclusive: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for stack, n in _samples(path):
         total += n
         frames = [_short(f) for f in stack.split(";")]
         for f in set(frames):
@@ -395,11 +399,7 @@ def top_self(path: Path, top: int = 12) -> list[dict[str, Any]]:
         return []
     self_time: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for stack, n in _samples(path):
         total += n
         self_time[_short(stack.split(";")[-1])] += n
     return [
@@ -428,11 +428,7 @@ def categorize_collapsed(path: Path) -> list[dict[str, Any]]:
         return []
     counts: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for stack, n in _samples(path):
         total += n
         leaf = stack.rsplit(";", 1)[-1]
         if leaf.startswith(("EpollSelector.select", "select (selectors")):

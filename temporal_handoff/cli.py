@@ -8,11 +8,12 @@ arguments). Errors are one line, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -59,6 +60,17 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+@contextlib.contextmanager
+def unknown_workflow(workflow_id: str) -> Iterator[None]:
+    """Turn the server's NOT_FOUND for `workflow_id` into a one-line CLI error."""
+    try:
+        yield
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"unknown workflow {workflow_id!r}") from None
+        raise
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -283,12 +295,8 @@ def _signal(wid: str, name: str, arg: BaseModel | None, address: str | None, ns:
 
 
 async def _exists(handle: Any) -> None:
-    try:
+    with unknown_workflow(handle.id):
         desc = await handle.describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise CliError(f"unknown workflow {handle.id!r}") from None
-        raise
     if desc.status is not None and desc.status.name != "RUNNING":
         raise CliError(f"workflow {handle.id!r} is {desc.status.name.lower()}", 1)
 
@@ -385,12 +393,8 @@ def status(
     async def go() -> None:
         client = await connect(address, namespace)
         handle = client.get_workflow_handle(workflow_id)
-        try:
+        with unknown_workflow(workflow_id):
             st = await handle.query("status", result_type=SessionStatus)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise CliError(f"unknown workflow {workflow_id!r}") from None
-            raise
         if json_out:
             print(st.model_dump_json())
             return
@@ -420,12 +424,8 @@ def history(
 
     async def go() -> None:
         client = await connect(address, namespace)
-        try:
+        with unknown_workflow(workflow_id):
             rows = await session_chain(client, workflow_id)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise CliError(f"unknown workflow {workflow_id!r}") from None
-            raise
         if json_out:
             print(json.dumps([r.model_dump(mode="json") for r in rows], sort_keys=True))
         elif markdown:

@@ -34,7 +34,17 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from temporal_handoff.cli import ADDRESS, NAMESPACE, CliError, app, connect, console, fail, run
+from temporal_handoff.cli import (
+    ADDRESS,
+    NAMESPACE,
+    CliError,
+    app,
+    connect,
+    console,
+    fail,
+    run,
+    unknown_workflow,
+)
 from temporal_handoff.plotting import draw_usage, usage_series
 from temporal_handoff.schemas import visibility as sa
 from temporal_handoff.schemas.lifecycle import LifecycleState
@@ -44,12 +54,8 @@ SESSION_TYPE = "AgentSessionWorkflow"
 
 
 async def _describe(client: Client, workflow_id: str) -> WorkflowExecutionDescription:
-    try:
+    with unknown_workflow(workflow_id):
         return await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise CliError(f"unknown workflow {workflow_id!r}") from None
-        raise
 
 
 def _quote(flag: str, value: str) -> str:
