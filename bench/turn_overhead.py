@@ -75,7 +75,7 @@ def bare_input(tasks: int, cfg: SessionConfig) -> dict[str, Any]:
     return {
         "model": MODEL,
         "system": [{"type": "text", "text": cfg.system_prompt, "cache_control": {"type": "ephemeral"}}],
-        "tools": [t.model_dump() for t in state_tool_specs()],
+        "tools": [t.wire() for t in state_tool_specs()],
         "opening": opening,
         # ours: one call per task (the session ends when the last task is done)
         "turns": tasks,

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from temporal_handoff.schemas.handoff import HandoffPayload
@@ -87,15 +87,33 @@ async def read_runs(client: Client, workflow_id: str) -> list[RunRecord]:
     return runs[::-1]
 
 
-def handoff_payloads(runs: list[RunRecord]) -> dict[int, HandoffPayload]:
-    """Handoff payload per generation that produced one, keyed by that generation."""
+async def handoff_payloads(
+    client: Client, workflow_id: str, runs: list[RunRecord]
+) -> dict[int, HandoffPayload]:
+    """Handoff payload (with its document) per generation that produced one.
+
+    A successor's input carries only the prompt (`HandoffPayload.seed`), so the
+    document is read from the handoff child's result, `<id>-handoff-<generation>`.
+    """
     out: dict[int, HandoffPayload] = {}
     for run in runs:
-        if run.input.handoff is not None:
-            out[run.input.handoff.document.agent.generation] = run.input.handoff
+        seed = run.input.handoff
+        if seed is not None:
+            gen = run.generation - 1
+            if seed.document is None:
+                child = client.get_workflow_handle(
+                    f"{workflow_id}-handoff-{gen}", result_type=HandoffPayload
+                )
+                try:
+                    seed = await child.result()
+                except (RPCError, WorkflowFailureError):
+                    seed = None
+            if seed is not None and seed.document is not None:
+                out[gen] = seed
         if run.result is not None and run.result.final_handoff is not None:
             final = run.result.final_handoff
-            out[final.document.agent.generation] = final
+            if final.document is not None:
+                out[final.document.agent.generation] = final
     return dict(sorted(out.items()))
 
 
@@ -139,8 +157,9 @@ async def export_session(client: Client, workflow_id: str, out_dir: Path) -> lis
     summaries.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "state.json"]
     _write(written[0], stable_json(state.model_dump(mode="json")))
-    for gen, payload in handoff_payloads(runs).items():
+    for gen, payload in (await handoff_payloads(client, workflow_id, runs)).items():
         path = summaries / f"{gen:03d}.md"
+        assert payload.document is not None
         _write(path, payload.document.to_markdown())
         written.append(path)
     return written

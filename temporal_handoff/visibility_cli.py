@@ -20,11 +20,6 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import (
-    AddSearchAttributesRequest,
-    ListSearchAttributesRequest,
-)
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
@@ -49,6 +44,10 @@ from temporal_handoff.plotting import draw_usage, usage_series
 from temporal_handoff.schemas import visibility as sa
 from temporal_handoff.schemas.lifecycle import LifecycleState
 from temporal_handoff.schemas.session import SessionResult, SessionStatus
+from temporal_handoff.workers.search_attributes import (
+    SearchAttributesMissing,
+    ensure_search_attributes,
+)
 
 SESSION_TYPE = "AgentSessionWorkflow"
 
@@ -549,36 +548,16 @@ def setup(address: str | None = ADDRESS, namespace: str | None = NAMESPACE) -> N
 
     async def go() -> None:
         client = await connect(address, namespace)
-        ns = client.namespace
-        listed = await client.operator_service.list_search_attributes(
-            ListSearchAttributesRequest(namespace=ns)
-        )
-        existing = dict(listed.custom_attributes)
-        missing: dict[str, Any] = {}
-        for key in sa.ALL_KEYS:
-            want = IndexedValueType.ValueType(int(key.indexed_value_type))
-            have = existing.get(key.name)
-            if have is None:
-                missing[key.name] = want
-            elif have != want:
-                raise CliError(
-                    f"search attribute {key.name} exists as "
-                    f"{IndexedValueType.Name(have)}, expected {IndexedValueType.Name(want)}",
-                    1,
-                )
-            else:
-                console.print(f"{key.name} ({sa.cli_type(key)}): already registered")
-        if missing:
-            try:
-                await client.operator_service.add_search_attributes(
-                    AddSearchAttributesRequest(search_attributes=missing, namespace=ns)
-                )
-            except RPCError as err:
-                if err.status != RPCStatusCode.ALREADY_EXISTS:
-                    raise
-            for name, kind in missing.items():
-                console.print(f"{name} ({IndexedValueType.Name(kind)}): registered")
-        console.print(f"search attributes ready in namespace {ns}", highlight=False)
+        try:
+            report = await ensure_search_attributes(client)
+        except SearchAttributesMissing as err:
+            raise CliError(str(err), 1) from None
+        types = {key.name: sa.cli_type(key) for key in sa.ALL_KEYS}
+        for name in report.present:
+            console.print(f"{name} ({types[name]}): already registered")
+        for name in report.registered:
+            console.print(f"{name} ({types[name]}): registered")
+        console.print(f"search attributes ready in namespace {client.namespace}", highlight=False)
 
     run(go)
 

@@ -36,12 +36,14 @@ with workflow.unsafe.imports_passed_through():
 
 @workflow.defn(name="AgentSessionWorkflow")
 class ChangedSessionWorkflow(AgentSessionWorkflow):
-    """A deliberately nondeterministic edit: lifecycle notifications are dropped, so
-    the `notify` activities recorded in history are no longer scheduled on replay."""
+    """A deliberately nondeterministic edit: lifecycle notifications go to another
+    activity, so the `notify` activities recorded in history no longer match on replay."""
 
     @workflow.run
     async def run(self, inp: SessionInput | None = None) -> SessionResult:
         return await super().run(inp)
 
-    async def _notify(self, *args: object, **kwargs: object) -> None:
-        return None
+    def _start_notify(self, *args: object, **kwargs: object) -> workflow.ActivityHandle[None]:
+        return workflow.start_activity(
+            "notify_renamed", "x", start_to_close_timeout=timedelta(seconds=30)
+        )

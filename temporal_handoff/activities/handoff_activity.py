@@ -75,6 +75,7 @@ async def build_handoff(inp: BuildHandoffInput) -> HandoffPayload:
             serialized payload exceeds ``max_payload_bytes``; retrying cannot help.
     """
     payload = render_payload(inp)
+    assert payload.document is not None
     size = len(payload.model_dump_json().encode("utf-8"))
     if size > inp.max_payload_bytes:
         raise ApplicationError(

@@ -123,7 +123,7 @@ class ModelActivities:
     async def call_model(self, req: ModelRequest) -> ModelResponse:
         """One Messages API call with a pre-flight context check."""
         if req.new_from_index == 0:
-            new_text = prompt_text(req.messages, req.system, [t.model_dump() for t in req.tools])
+            new_text = prompt_text(req.messages, req.system, [t.wire() for t in req.tools])
         else:
             new_text = "\n".join(message_text(m) for m in req.messages[req.new_from_index :])
         raw_new = count_tokens(new_text)
@@ -144,7 +144,7 @@ class ModelActivities:
         if req.system:
             kwargs["system"] = req.system
         if req.tools:
-            kwargs["tools"] = [t.model_dump() for t in req.tools]
+            kwargs["tools"] = [t.wire() for t in req.tools]
         streamed = req.max_tokens > req.stream_threshold
         try:
             if streamed:

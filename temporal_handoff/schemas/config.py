@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from temporal_handoff.schemas.model_io import ToolSpec
+from temporal_handoff.schemas.tools import state_tool_specs
 
 
 class CompressionLevel(str, Enum):
@@ -19,6 +21,9 @@ STATE_TOOL_NAMES = (
     "complete_task", "fail_task", "record_decision", "add_blocker", "note_file", "add_todo",
     "set_phase",
 )
+
+TURN_RESERVE_TOKENS = 500
+"""Room a generation needs for at least one turn beyond its fixed prompt."""
 
 DEFAULT_LEVEL_BUDGETS: dict[str, int] = {"minimal": 500, "standard": 1200, "full": 2000}
 
@@ -67,6 +72,15 @@ class SessionConfig(BaseModel):
     model_retry_initial_s: float = Field(default=1.0, gt=0, le=600)
     """First retry interval of a failed model call (doubles up to 60 s); `retry-after`
     from the API overrides it."""
+    model_max_attempts: int = Field(default=20, ge=1, le=10_000)
+    """Attempts of one model call (retryable errors: 429, 5xx, connection) before the
+    session stops retrying, raises a human-decision blocker and notifies."""
+    model_retry_timeout_s: float = Field(default=900.0, gt=0, le=7 * 24 * 3600)
+    """Overall time for one model call, retries included, before the same blocker."""
+    max_carry_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=2 * 1024 * 1024)
+    """Largest serialized successor (continue-as-new) or handoff-child input; a session
+    whose next input would be larger ends HANDOFF_FAILED with its state instead of
+    being terminated by Temporal (2 MiB)."""
     human_decision_timeout_s: float | None = Field(default=None, gt=0)
     """If set, a human-decision blocker unanswered this long is auto-resolved as deferred."""
     max_human_text_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
@@ -91,11 +105,37 @@ class SessionConfig(BaseModel):
                 raise ValueError(f"level_budgets: missing budget for level '{level.value}'")
             if self.level_budgets[level] < 50:
                 raise ValueError(f"level_budgets[{level.value}] must be ≥ 50 tokens")
+        if self.context_window is not None:
+            shortfall = self.window_shortfall(self.context_window)
+            if shortfall:
+                raise ValueError(shortfall)
         reserved = {"recall", *STATE_TOOL_NAMES}
         for tool in self.user_tools:
             if tool.name in reserved:
                 raise ValueError(f"user_tools: {tool.name!r} is a built-in tool name")
         return self
+
+    def fixed_prompt_tokens(self) -> int:
+        """Rough tokens of what every call sends before the conversation: system prompt,
+        tool definitions and the continuation prompt's budget (4 characters a token)."""
+        tools = state_tool_specs() + list(self.user_tools)
+        chars = len(self.system_prompt) + sum(len(json.dumps(t.wire())) for t in tools)
+        return chars // 4 + self.level_budgets[self.compression_level]
+
+    def window_shortfall(self, window: int) -> str | None:
+        """Why a window of `window` tokens cannot run this session, or None if it can.
+
+        The handoff threshold must leave room for the fixed prompt and one turn;
+        otherwise every generation would hand off before its first call."""
+        usable = int(self.handoff_threshold * window)
+        need = self.fixed_prompt_tokens() + TURN_RESERVE_TOKENS
+        if need <= usable:
+            return None
+        return (
+            f"context_window: {window} tokens × handoff_threshold {self.handoff_threshold} "
+            f"= {usable} usable, but system prompt + tools + continuation-prompt budget "
+            f"({self.fixed_prompt_tokens()}) + one turn ({TURN_RESERVE_TOKENS}) need {need}"
+        )
 
     def model_for(self, generation: int) -> str:
         if generation > 0 and self.successor_model:

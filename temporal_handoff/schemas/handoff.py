@@ -95,6 +95,8 @@ LEVEL_ORDER = (CompressionLevel.MINIMAL, CompressionLevel.STANDARD, CompressionL
 # payload crosses continue-as-new (2 MiB hard limit) and the rest is recallable.
 _DOC_CAP = 60
 _TEXT_CAP = 2_000
+HUMAN_TEXT_CAP_CHARS = _TEXT_CAP
+"""A human message longer than this is cut in the handoff document (not in the model's turn)."""
 
 
 def default_budgets() -> dict[CompressionLevel, int]:
@@ -481,7 +483,9 @@ class HandoffDocument(_Strict):
 class HandoffPayload(_Strict):
     """The result of a handoff: the document plus its budgeted continuation prompt."""
 
-    document: HandoffDocument
+    document: HandoffDocument | None = None
+    """The full document; None in a successor's input, which carries only the prompt
+    and `summary_line` (the child workflow's result keeps the document)."""
     prompt: str
     """The continuation prompt text."""
     prompt_tokens: int
@@ -497,14 +501,27 @@ class HandoffPayload(_Strict):
     """Calibrated tokens of the "since last handoff" section in `prompt`."""
     omitted: dict[str, int] = Field(default_factory=dict)
     """Items per section left out of the prompt (replaced by a recall pointer)."""
+    summary_line: str = ""
+    """`summary()` of the document, kept when the document is dropped."""
 
     def summary(self) -> str:
         """One line: the document summary plus how the prompt was packed."""
+        if self.document is None:
+            return self.summary_line
         esc = f", escalated from {self.requested_level.value}" if self.escalated else ""
         return (
             f"{self.document.summary()} · prompt {self.prompt_tokens}/{self.budget} tokens "
             f"({self.level.value}{esc})"
         )
+
+    def seed(self) -> HandoffPayload:
+        """What a successor needs: the prompt and the summary line, not the document.
+
+        The document is a full copy of the state (6-8x the prompt); carrying it in
+        every successor's input made the input grow each generation."""
+        if self.document is None:
+            return self
+        return self.model_copy(update={"document": None, "summary_line": self.summary()})
 
 
 # ---- building ---------------------------------------------------------------------

@@ -30,3 +30,6 @@ class TerminationReason(str, Enum):
     """The handoff payload could not be built (e.g. over `max_payload_bytes`)."""
     AGENT_FINISHED = "AGENT_FINISHED"
     """The model ended its turn with tasks left and no way forward (e.g. max turns)."""
+    CONFIG_ERROR = "CONFIG_ERROR"
+    """The configuration cannot work (e.g. the window cannot hold prompt + handoff budget);
+    the result's document lets `--resume-from` continue with a fixed config."""

@@ -17,14 +17,39 @@ Message = dict[str, Any]
 """One Messages API message: ``{"role": "user"|"assistant", "content": str | [blocks]}``."""
 
 
+class ToolPolicy(BaseModel):
+    """How the session runs a user tool's activity (`tool:<name>`).
+
+    After `max_attempts` (or on an error whose type is in `non_retryable_errors`) the
+    error goes to the model as a `tool_result` with `is_error: true`; the session goes on.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Attempts of one tool call, the first included."""
+    timeout_s: float = Field(default=60.0, gt=0, le=24 * 3600)
+    """start-to-close timeout of one attempt."""
+    retry_initial_s: float = Field(default=1.0, gt=0, le=600)
+    """First retry interval (doubles, up to 60 s)."""
+    non_retryable_errors: list[str] = Field(default_factory=list, max_length=50)
+    """Exception class names (or ApplicationError types) that are not retried."""
+
+
 class ToolSpec(BaseModel):
-    """A tool offered to the model (Messages API `tools` entry)."""
+    """A tool offered to the model (Messages API `tools` entry) and how it runs."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str = ""
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    policy: ToolPolicy = Field(default_factory=ToolPolicy)
+    """Retries and timeout of the tool's activity; never sent to the model."""
+
+    def wire(self) -> dict[str, Any]:
+        """The Messages API `tools` entry."""
+        return self.model_dump(include={"name", "description", "input_schema"})
 
 
 class ModelRequest(BaseModel):

@@ -48,11 +48,16 @@ class Phase(BaseModel):
     name: str = ""
 
 
+DECISION_TITLE_MAX = 4_000
+"""Longest decision title (a human `decide` text becomes one)."""
+
+
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=128)
-    title: str = Field(default="", max_length=4_000)
+    id: str = Field(min_length=1, max_length=160)
+    """Up to 160: a human decision's id is `HD-<blocker id>` (blocker ids reach 128)."""
+    title: str = Field(default="", max_length=DECISION_TITLE_MAX)
     rationale: str = Field(default="", max_length=16_000)
     by: str = "agent"
     """'agent' or 'human:<who>'."""
@@ -123,6 +128,10 @@ class ProjectState(BaseModel):
     errors: list[ErrorRecord] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict)
     human_messages: list[str] = Field(default_factory=list)
+    """The most recent human messages, at most `HUMAN_TEXT_KEEP_BYTES` in all."""
+    human_messages_archived: int = 0
+    """Older messages dropped from `human_messages` (still in the history of the run
+    that received them; `recall` of an earlier generation reads them)."""
     duplicate_completions: int = 0
     """complete_task calls for an already-completed task (refused, never double-counted)."""
 
@@ -272,6 +281,11 @@ EventOp = Literal[
 ]
 
 
+HUMAN_TEXT_KEEP_BYTES = 256 * 1024
+"""Budget of `ProjectState.human_messages` (UTF-8 bytes): the state is carried in every
+successor's input, so it must not grow with every message a human ever sent."""
+
+
 class StateEvent(BaseModel):
     """One change to the project state, applied by :func:`apply_event`."""
 
@@ -304,8 +318,8 @@ class FailTaskArgs(_Args):
 
 
 class RecordDecisionArgs(_Args):
-    decision_id: str | None = Field(default=None, max_length=128)
-    title: str = Field(min_length=1, max_length=4_000)
+    decision_id: str | None = Field(default=None, max_length=160)
+    title: str = Field(min_length=1, max_length=DECISION_TITLE_MAX)
     rationale: str = Field(default="", max_length=16_000)
     rejected: list[str] = Field(default_factory=list)
     blocker_id: str | None = None
@@ -501,6 +515,7 @@ def apply_event(state: ProjectState, event: StateEvent) -> str:
         return f"{task.id} will be retried"
     if isinstance(args, HumanMessageArgs):
         state.human_messages.append(args.text)
+        _trim_human_messages(state)
         return "message received"
     if isinstance(args, RecordErrorArgs):
         state.errors.append(
@@ -514,6 +529,19 @@ def apply_event(state: ProjectState, event: StateEvent) -> str:
         state.environment[args.key] = args.value
         return f"environment {args.key} set"
     raise EventError(f"unhandled op {event.op}")  # pragma: no cover - EVENT_ARGS is exhaustive
+
+
+def _trim_human_messages(state: ProjectState) -> None:
+    """Keep the newest messages within HUMAN_TEXT_KEEP_BYTES (the newest always stays)."""
+    sizes = [len(m.encode("utf-8")) for m in state.human_messages]
+    total = sum(sizes)
+    drop = 0
+    while total > HUMAN_TEXT_KEEP_BYTES and drop < len(sizes) - 1:
+        total -= sizes[drop]
+        drop += 1
+    if drop:
+        del state.human_messages[:drop]
+        state.human_messages_archived += drop
 
 
 def _phase_milestone(state: ProjectState, phase: str) -> None:

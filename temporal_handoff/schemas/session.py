@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffPayload, RunRef
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.project import DECISION_TITLE_MAX, ProjectState
 from temporal_handoff.schemas.tokens import TokenLedger
 
 
@@ -32,7 +32,8 @@ class DecideArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     blocker_id: str = Field(min_length=1, max_length=128)
-    decision: str = Field(min_length=1, max_length=16_000)
+    decision: str = Field(min_length=1, max_length=DECISION_TITLE_MAX)
+    """Becomes the recorded decision's title (same limit); put the long form in rationale."""
     rationale: str = Field(default="", max_length=16_000)
     by: str = Field(default="human", min_length=1, max_length=128)
 

@@ -29,7 +29,7 @@ from temporalio.converter import (
     PayloadCodec,
 )
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import WorkflowRunner
+from temporalio.worker import Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from temporal_handoff.activities.handoff_activity import build_handoff
@@ -39,6 +39,8 @@ from temporal_handoff.activities.recall_activity import recall
 from temporal_handoff.activities.tokenizer import estimate_tokens
 from temporal_handoff.schemas.config import STATE_TOOL_NAMES
 from temporal_handoff.schemas.model_io import ToolSpec
+from temporal_handoff.schemas.project import EventError
+from temporal_handoff.workers.search_attributes import ensure_search_attributes
 from temporal_handoff.workflows.handoff import HandoffWorkflow
 from temporal_handoff.workflows.session import AgentSessionWorkflow
 
@@ -67,6 +69,13 @@ class HandoffOptions(BaseModel):
 
     heartbeat_every_s: float = Field(default=5.0, gt=0, le=300)
     """Heartbeat interval of streaming model calls."""
+    register_search_attributes: bool = True
+    """At worker start, add missing Agent* search attributes to the namespace (allowed
+    on the dev server); if False, only check. Either way a worker refuses to start on a
+    namespace without them (naming `handoff setup`) instead of failing every task."""
+    check_search_attributes: bool = True
+    """Check the namespace at worker start (turn off only if every session runs with
+    `SessionConfig.search_attributes=False`)."""
 
 
 def _data_converter(
@@ -167,5 +176,13 @@ class HandoffPlugin(SimplePlugin):
             workflow_runner=_workflow_runner,
             # A schema violation inside workflow code is deterministic: retrying the
             # task would loop forever, so fail the workflow instead.
-            workflow_failure_exception_types=[pydantic.ValidationError],
+            workflow_failure_exception_types=[pydantic.ValidationError, EventError],
         )
+
+    async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
+        """Check the namespace's search attributes before polling (one clear error)."""
+        if self.options.check_search_attributes:
+            await ensure_search_attributes(
+                worker.client, register=self.options.register_search_attributes
+            )
+        await super().run_worker(worker, next)

@@ -6,11 +6,15 @@ state here, deterministically, as events; `recall` and user tools are activities
 At the warn threshold a `HandoffWorkflow` child starts and receives each turn's
 events; at the handoff threshold (or FLUSH, or when Temporal suggests it) the child
 is sealed, returns the payload, and this run continues-as-new as its successor.
+
+This file keeps the run loop and the handler declarations. Beside it: `_commands`
+(judge and apply human commands, total), `_handoff_link` (the child: start, event
+cursor, deltas, seal), `_model_turn` (model call and tools, every failure a value)
+and `_visibility` (details, memo, search attributes, notifications).
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,13 +24,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from temporal_handoff.schemas.events import (
-        HandoffDelta,
-        HandoffInput,
-        LifecycleEvent,
-        RecallRequest,
-        SealRequest,
-    )
+    from temporal_handoff.schemas.config import TURN_RESERVE_TOKENS
+    from temporal_handoff.schemas.events import HandoffInput, RecallRequest, SealRequest
     from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, RunRef
     from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
     from temporal_handoff.schemas.model_io import (
@@ -37,14 +36,7 @@ with workflow.unsafe.imports_passed_through():
         ToolSpec,
         message_text,
     )
-    from temporal_handoff.schemas.project import (
-        BlockerType,
-        EventError,
-        EventOp,
-        StateEvent,
-        apply_event,
-        check_event,
-    )
+    from temporal_handoff.schemas.project import BlockerType, EventError, StateEvent
     from temporal_handoff.schemas.session import (
         AbortArgs,
         Command,
@@ -59,16 +51,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from temporal_handoff.schemas.tokens import TokenLedger
     from temporal_handoff.schemas.tools import STATE_TOOLS, state_tool_specs
-    from temporal_handoff.schemas.visibility import search_attribute_updates
-
-def model_retry(initial_s: float) -> RetryPolicy:
-    """Unlimited attempts for retryable errors; non-retryable ones fail at once."""
-    return RetryPolicy(
-        initial_interval=timedelta(seconds=initial_s),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=max(60.0, initial_s)),
-        maximum_attempts=0,
-    )
+    from temporal_handoff.workflows import _commands as commands
+    from temporal_handoff.workflows import _model_turn as turn_io
+    from temporal_handoff.workflows import _visibility as vis
+    from temporal_handoff.workflows._book import Phase, SessionBook
+    from temporal_handoff.workflows._handoff_link import HandoffLink
 
 
 def eligible_line(ids: list[str]) -> str:
@@ -86,6 +73,19 @@ class _Handoff(Exception):
         self.reason = reason
 
 
+class _Stop(Exception):
+    """Raised inside the turn loop to close the session without a final document."""
+
+    def __init__(self, reason: TerminationReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+_BUGS = (EventError, LookupError, TypeError, AttributeError, AssertionError, ValueError)
+"""Exceptions that can only come from a bug in the session's own logic."""
+
+
 @workflow.defn(name="AgentSessionWorkflow")
 class AgentSessionWorkflow:
     @workflow.init
@@ -96,96 +96,99 @@ class AgentSessionWorkflow:
             )
         self._inp = inp
         self._cfg = inp.config
-        self._state = inp.project.model_copy(deep=True)
         self._generation = inp.generation
         self._model = self._cfg.model_for(inp.generation)
         self._ledger = (inp.ledger or TokenLedger()).new_generation()
         self._lifecycle = LifecycleState.INITIALIZING
+        self._book = SessionBook(
+            state=inp.project.model_copy(deep=True),
+            generation=inp.generation,
+            health=Health(**{k: v for k, v in inp.health.items() if k in Health.model_fields}),
+            paused=inp.paused,
+            pending_say=list(inp.pending_human_text),
+        )
+        self._link = HandoffLink()
         self._messages: list[dict[str, Any]] = []
         self._known_upto = 0  # messages covered by the ledger's exact occupancy
         self._turn = 0
-        self._paused = inp.paused
-        self._abort: AbortArgs | None = None
-        self._flush = False
-        self._sealing = False
-        self._inbox: list[Command] = []
-        self._pending_say: list[str] = []
-        self._recent_human: list[str] = []
-        self._events: list[StateEvent] = []  # applied this generation
-        self._events_sent = 0  # of self._events, forwarded to the child
-        self._deltas_sent = 0
-        self._child: workflow.ChildWorkflowHandle[Any, HandoffPayload] | None = None
-        self._health = Health(**{k: v for k, v in inp.health.items() if k in Health.model_fields})
+        self._fixed_tokens = self._cfg.fixed_prompt_tokens()
         self._started: datetime | None = None
         self._notifying: list[workflow.ActivityHandle[None]] = []
         """Notifications running alongside the session; awaited at the next safe point."""
         self._longest_pause = 0.0
-        self._warned = False
-        self._pending_say.extend(inp.pending_human_text)
-        # Commands carried from the predecessor's handoff are applied first.
+        # Commands carried from the predecessor's handoff are applied first (totally:
+        # one that no longer applies is dropped with a log line, never raised).
         for cmd in inp.inbox:
-            self._apply_command(cmd)
+            self._log_unapplied(cmd, commands.apply(self._book, cmd))
 
     # ---------------------------------------------------------------- handlers
+    def _command(self, kind: CommandKind, args: Any = None, by: str = "human") -> Command:
+        data = args.model_dump() if args is not None else {}
+        return Command(kind=kind, args=data, at=workflow.now(), by=getattr(args, "by", by))
+
+    def _validate(self, kind: CommandKind, args: Any) -> None:
+        reason = commands.rejection(
+            self._book,
+            Command(kind=kind, args=args.model_dump(), by=args.by),
+            max_say_bytes=self._cfg.max_human_text_bytes,
+            human_room_tokens=self._human_room(),
+        )
+        if reason is not None:
+            raise ValueError(reason)
+
+    def _accept(self, cmd: Command) -> str:
+        reply = commands.accept(self._book, cmd)
+        self._log_unapplied(cmd, reply)
+        return reply
+
+    @staticmethod
+    def _log_unapplied(cmd: Command, reply: str) -> None:
+        if reply.startswith(("ignored", "not applied")):
+            workflow.logger.warning("%s: %s", cmd.kind.value, reply)
+
     @workflow.update(name="decide")
     def decide(self, args: DecideArgs) -> str:
-        cmd = Command(kind=CommandKind.DECIDE, args=args.model_dump(), at=workflow.now(), by=args.by)
-        return self._accept(cmd)
+        return self._accept(self._command(CommandKind.DECIDE, args))
 
     @decide.validator
     def _validate_decide(self, args: DecideArgs) -> None:
-        blocker = self._state.blocker(args.blocker_id)
-        if blocker is None:
-            raise ValueError(f"unknown blocker {args.blocker_id!r}")
-        pending = any(
-            c.kind == CommandKind.DECIDE and c.args.get("blocker_id") == args.blocker_id
-            for c in self._inbox
-        )
-        if blocker.status == "resolved" or pending:
-            raise ValueError(f"blocker {args.blocker_id!r} is already resolved")
+        self._validate(CommandKind.DECIDE, args)
 
     @workflow.update(name="skip_task")
     def skip_task(self, args: TaskCommandArgs) -> str:
-        cmd = Command(kind=CommandKind.SKIP, args=args.model_dump(), at=workflow.now(), by=args.by)
-        return self._accept(cmd)
+        return self._accept(self._command(CommandKind.SKIP, args))
 
     @skip_task.validator
     def _validate_skip(self, args: TaskCommandArgs) -> None:
-        self._check_task_event("skip_task", args)
+        self._validate(CommandKind.SKIP, args)
 
     @workflow.update(name="retry_task")
     def retry_task(self, args: TaskCommandArgs) -> str:
-        cmd = Command(kind=CommandKind.RETRY, args=args.model_dump(), at=workflow.now(), by=args.by)
-        return self._accept(cmd)
+        return self._accept(self._command(CommandKind.RETRY, args))
 
     @retry_task.validator
     def _validate_retry(self, args: TaskCommandArgs) -> None:
-        self._check_task_event("retry_task", args)
+        self._validate(CommandKind.RETRY, args)
 
     @workflow.update(name="say")
     def say(self, args: SayArgs) -> str:
-        cmd = Command(kind=CommandKind.SAY, args=args.model_dump(), at=workflow.now(), by=args.by)
-        return self._accept(cmd)
+        return self._accept(self._command(CommandKind.SAY, args))
 
     @say.validator
     def _validate_say(self, args: SayArgs) -> None:
-        size = len(args.text.encode("utf-8"))
-        if size > self._cfg.max_human_text_bytes:
-            raise ValueError(
-                f"text is {size} bytes; the limit is {self._cfg.max_human_text_bytes} bytes"
-            )
+        self._validate(CommandKind.SAY, args)
 
     @workflow.signal(name="pause")
     def pause(self) -> None:
-        self._accept(Command(kind=CommandKind.PAUSE, at=workflow.now()))
+        self._accept(self._command(CommandKind.PAUSE))
 
     @workflow.signal(name="resume")
     def resume(self) -> None:
-        self._accept(Command(kind=CommandKind.RESUME, at=workflow.now()))
+        self._accept(self._command(CommandKind.RESUME))
 
     @workflow.signal(name="flush")
     def flush(self) -> None:
-        self._accept(Command(kind=CommandKind.FLUSH, at=workflow.now()))
+        self._accept(self._command(CommandKind.FLUSH))
 
     @workflow.signal(name="abort")
     def abort(self, *raw: Any) -> None:
@@ -206,8 +209,9 @@ class AgentSessionWorkflow:
         hours = 0.0
         if self._started is not None:
             hours = max((workflow.now() - self._started).total_seconds() / 3600, 1e-9)
-        done_here = sum(1 for e in self._events if e.op == "complete_task")
-        health = self._health.model_copy()
+        book = self._book
+        done_here = sum(1 for e in book.events if e.op == "complete_task")
+        health = book.health.model_copy()
         health.tasks_per_hour = done_here / hours if hours else 0.0
         return SessionStatus(
             session_id=workflow.info().workflow_id,
@@ -219,102 +223,30 @@ class AgentSessionWorkflow:
             context_pct=round(100 * self._ledger.usage_fraction, 2),
             total_tokens=self._ledger.total_tokens,
             cost_usd=round(self._ledger.cost_usd, 6),
-            tasks_done=self._state.completed_count,
-            tasks_total=len(self._state.tasks),
-            next_eligible=self._state.next_eligible(limit=10),
+            tasks_done=book.state.completed_count,
+            tasks_total=len(book.state.tasks),
+            next_eligible=book.state.next_eligible(limit=10),
             open_blockers=[
                 {"id": b.id, "type": b.type.value, "description": b.description[:200]}
-                for b in self._state.open_blockers()
+                for b in book.state.open_blockers()
             ],
-            paused=self._paused,
-            inbox=len(self._inbox),
+            paused=book.paused,
+            inbox=len(book.inbox),
             health=health,
             model=self._model,
         )
 
     @workflow.query(name="project")
     def project(self) -> dict[str, Any]:
-        return self._state.model_dump(mode="json")
+        return self._book.state.model_dump(mode="json")
 
-    # ---------------------------------------------------------------- commands
-    def _check_task_event(self, op: EventOp, args: TaskCommandArgs) -> None:
-        try:
-            check_event(self._state, StateEvent(op=op, args={"task_id": args.task_id}))
-        except EventError as err:
-            raise ValueError(str(err)) from None
-
-    def _accept(self, cmd: Command) -> str:
-        """Apply a command now, or keep it for the successor while a handoff is sealing."""
-        if self._sealing and cmd.kind not in (CommandKind.PAUSE, CommandKind.RESUME):
-            self._inbox.append(cmd)
-            return "queued for the successor (handoff in progress)"
-        return self._apply_command(cmd)
-
-    def _apply_command(self, cmd: Command) -> str:
-        kind = cmd.kind
-        if kind == CommandKind.PAUSE:
-            self._paused = True
-            return "paused"
-        if kind == CommandKind.RESUME:
-            self._paused = False
-            return "resumed"
-        if kind == CommandKind.FLUSH:
-            self._flush = True
-            return "flush requested"
-        if kind == CommandKind.ABORT:
-            self._abort = AbortArgs.model_validate(cmd.args)
-            return "abort requested"
-        if kind == CommandKind.SAY:
-            text = str(cmd.args.get("text", ""))
-            self._pending_say.append(text)
-            self._recent_human.append(text)
-            self._record(StateEvent(op="human_message", args={"text": text}, at=cmd.at, by=cmd.by))
-            return "message queued for the next turn"
-        if kind == CommandKind.DECIDE:
-            args = DecideArgs.model_validate(cmd.args)
-            by = f"human:{args.by}" if not args.by.startswith("human") else args.by
-            self._record(
-                StateEvent(
-                    op="resolve_blocker",
-                    args={"blocker_id": args.blocker_id, "resolution": args.decision},
-                    at=cmd.at, by=by,
-                )
-            )
-            self._record(
-                StateEvent(
-                    op="record_decision",
-                    args={
-                        "decision_id": f"HD-{args.blocker_id}",
-                        "title": args.decision,
-                        "rationale": args.rationale,
-                        "blocker_id": args.blocker_id,
-                    },
-                    at=cmd.at, by=by,
-                )
-            )
-            note = f"Human decision on blocker `{args.blocker_id}`: {args.decision}"
-            if args.rationale:
-                note += f" (rationale: {args.rationale})"
-            self._pending_say.append(note)
-            self._recent_human.append(note)
-            return f"decision recorded for {args.blocker_id}"
-        # skip / retry
-        args_t = TaskCommandArgs.model_validate(cmd.args)
-        op: EventOp = "skip_task" if kind == CommandKind.SKIP else "retry_task"
-        result = self._record(
-            StateEvent(op=op, args={"task_id": args_t.task_id}, at=cmd.at, by=f"human:{args_t.by}")
-        )
-        if kind == CommandKind.RETRY:
-            self._health.retries += 1
-        self._pending_say.append(f"Operator: {result}.")
-        return result
-
-    def _record(self, event: StateEvent) -> str:
-        """Apply an event to the state and remember it for the handoff child."""
-        event.generation = self._generation
-        result = apply_event(self._state, event)
-        self._events.append(event)
-        return result
+    def _human_room(self) -> int | None:
+        """Rough tokens a fresh generation has for human text (None before the window
+        is known)."""
+        if self._lifecycle == LifecycleState.INITIALIZING:
+            return None
+        usable = int(self._cfg.handoff_threshold * self._ledger.context_window)
+        return usable - self._fixed_tokens - TURN_RESERVE_TOKENS
 
     # ---------------------------------------------------------------- main loop
     @workflow.run
@@ -343,11 +275,28 @@ class AgentSessionWorkflow:
             )
         self._lifecycle = LifecycleState.ACTIVE
         self._messages = [{"role": "user", "content": self._opening_text(inp.handoff)}]
+        shortfall = self._cfg.window_shortfall(self._ledger.context_window)
+        if shortfall and workflow.patched("window-check-1"):
+            # Every generation would hand off before its first call: stop now, with a
+            # document to resume from once the config is fixed.
+            return await self._finish(TerminationReason.CONFIG_ERROR, shortfall)
         self._upsert_visibility(inp.handoff)
         try:
-            return await self._turns(inp)
-        except _Handoff as h:
-            return await self._handoff(h.reason)
+            try:
+                return await self._turns()
+            except _Handoff as h:
+                return await self._handoff(h.reason)
+            except _Stop as s:
+                return await self._finish(s.reason, s.message, final=False)
+        except _BUGS as err:
+            # A bug, not an input: fail the workflow (not the task, forever) and keep
+            # the state in the failure so nothing is lost.
+            raise ApplicationError(
+                f"session workflow error: {type(err).__name__}: {err}",
+                self._book.state.model_dump(mode="json"),
+                type="SessionWorkflowError",
+                non_retryable=True,
+            ) from err
 
     def _system(self, handoff: HandoffPayload | None) -> list[dict[str, Any]]:
         text = self._cfg.system_prompt
@@ -358,7 +307,7 @@ class AgentSessionWorkflow:
         return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
 
     def _opening_text(self, handoff: HandoffPayload | None) -> str:
-        s = self._state
+        s = self._book.state
         if handoff is not None:
             return (
                 f"You are generation {self._generation} of session "
@@ -380,15 +329,16 @@ class AgentSessionWorkflow:
     def _tools(self) -> list[ToolSpec]:
         return state_tool_specs() + list(self._cfg.user_tools)
 
-    async def _turns(self, inp: SessionInput) -> SessionResult:
+    async def _turns(self) -> SessionResult:
         idle = 0
+        book = self._book
         while True:
             await self._wait_runnable()
-            if self._abort is not None:
-                return await self._finish(TerminationReason.USER_ABORT, self._abort.reason)
-            if self._flush:
+            if book.abort is not None:
+                return await self._finish(TerminationReason.USER_ABORT, book.abort.reason)
+            if book.flush:
                 raise _Handoff(TerminationReason.MANUAL_FLUSH)
-            if self._state.all_done:
+            if book.state.all_done:
                 return await self._finish(TerminationReason.TASK_COMPLETED, "all tasks done")
             if self._budget_exhausted():
                 return await self._finish(TerminationReason.BUDGET_EXHAUSTED, "budget reached")
@@ -400,12 +350,12 @@ class AgentSessionWorkflow:
             self._flush_human_text()
             resp = await self._call_model()
             await self._notified()
-            if resp is None:  # non-retryable model error: now awaiting a decision
+            if resp is None:  # interrupted, or the model is blocked on a human
                 continue
             if resp.preflight_refused:
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
             self._ledger.record(resp.usage, self._model, resp.estimated_new_tokens)
-            self._health.model_calls += 1
+            book.health.model_calls += 1
             self._messages.append({"role": "assistant", "content": resp.content})
             self._known_upto = len(self._messages)
             if resp.stop_reason == "model_context_window_exceeded":
@@ -416,9 +366,9 @@ class AgentSessionWorkflow:
                 results = [await self._run_tool(tu) for tu in tool_uses]
                 self._messages.append({"role": "user", "content": results})
                 idle = 0
-            elif self._state.all_done:
+            elif book.state.all_done:
                 continue
-            elif self._state.human_decision_pending():
+            elif book.state.human_decision_pending():
                 self._messages.append({"role": "user", "content": self._awaiting_text()})
             else:
                 idle += 1
@@ -431,7 +381,7 @@ class AgentSessionWorkflow:
                     {
                         "role": "user",
                         "content": "Continue with the plan. "
-                        + eligible_line(self._state.next_eligible()),
+                        + eligible_line(book.state.next_eligible()),
                     }
                 )
             self._ledger.pending_estimate = self._rough_tokens(self._messages[-1])
@@ -444,61 +394,76 @@ class AgentSessionWorkflow:
 
     def _awaiting_text(self) -> str:
         ids = ", ".join(
-            f"`{b.id}`" for b in self._state.open_blockers() if b.type == BlockerType.HUMAN_DECISION
+            f"`{b.id}`"
+            for b in self._book.state.open_blockers()
+            if b.type == BlockerType.HUMAN_DECISION
         )
         return f"AWAITING DECISION on {ids}. Do not continue until a human decides."
 
     async def _wait_runnable(self) -> None:
+        book = self._book
+
         def runnable() -> bool:
-            if self._abort is not None or self._flush:
+            if book.abort is not None or book.flush:
                 return True
-            return not self._paused and not self._state.human_decision_pending()
+            return not book.paused and not book.state.human_decision_pending()
+
+        def handoff_due() -> bool:
+            return workflow.info().is_continue_as_new_suggested()
 
         if runnable():
             return
-        self._lifecycle = (
-            LifecycleState.PAUSED if self._paused else LifecycleState.AWAITING_DECISION
-        )
-        self._set_details()
         start = workflow.now()
-        timeout = self._cfg.human_decision_timeout_s
-        if self._paused or timeout is None:
-            await workflow.wait_condition(runnable)
-        else:
-            try:
-                await workflow.wait_condition(runnable, timeout=timedelta(seconds=timeout))
-            except TimeoutError:
-                self._defer_decisions()
-        self._longest_pause = max(self._longest_pause, (workflow.now() - start).total_seconds())
-        if not self._paused and self._lifecycle in (
-            LifecycleState.PAUSED,
-            LifecycleState.AWAITING_DECISION,
-        ):
-            self._lifecycle = self._ledger.state_for(
-                self._cfg.warn_threshold, self._cfg.handoff_threshold
+        # A waiting session hands off when Temporal suggests it, so commands sent while
+        # it waits cannot grow its history without bound. Sessions recorded before
+        # that replay the old wait (patch "wait-handoff-1").
+        wake_on_history = True
+        while not runnable():
+            self._lifecycle = (
+                LifecycleState.PAUSED if book.paused else LifecycleState.AWAITING_DECISION
             )
-        if not runnable():  # e.g. resumed, but a decision is still pending
-            await self._wait_runnable()
+            self._set_details()
+            condition = (lambda: runnable() or handoff_due()) if wake_on_history else runnable
+            timeout = self._cfg.human_decision_timeout_s
+            if book.paused or timeout is None:
+                await workflow.wait_condition(condition)
+            else:
+                try:
+                    await workflow.wait_condition(condition, timeout=timedelta(seconds=timeout))
+                except TimeoutError:
+                    self._defer_decisions()
+            if not runnable() and handoff_due():
+                if workflow.patched("wait-handoff-1"):
+                    self._longest_pause = max(
+                        self._longest_pause, (workflow.now() - start).total_seconds()
+                    )
+                    raise _Handoff(TerminationReason.HISTORY_LIMIT)
+                wake_on_history = False
+        self._longest_pause = max(self._longest_pause, (workflow.now() - start).total_seconds())
+        self._lifecycle = self._ledger.state_for(
+            self._cfg.warn_threshold, self._cfg.handoff_threshold
+        )
 
     def _defer_decisions(self) -> None:
-        for b in self._state.open_blockers():
+        for b in self._book.state.open_blockers():
             if b.type == BlockerType.HUMAN_DECISION:
-                self._record(
+                self._book.try_record(
                     StateEvent(
                         op="resolve_blocker",
                         args={"blocker_id": b.id, "resolution": "deferred: decision timed out"},
                         at=workflow.now(), by="policy:timeout",
                     )
                 )
-                self._pending_say.append(
+                self._book.pending_say.append(
                     f"No human decided blocker `{b.id}` in time; it is deferred. Continue."
                 )
 
     def _flush_human_text(self) -> None:
-        if not self._pending_say:
+        book = self._book
+        if not book.pending_say:
             return
-        text = "\n".join(f"[human] {t}" for t in self._pending_say)
-        self._pending_say = []
+        text = "\n".join(f"[human] {t}" for t in book.pending_say)
+        book.pending_say = []
         last = self._messages[-1]
         if last["role"] == "user":
             content = last["content"]
@@ -510,11 +475,16 @@ class AgentSessionWorkflow:
             self._messages.append({"role": "user", "content": text})
 
     def _budget_exhausted(self) -> bool:
-        if self._cfg.token_budget is not None and self._ledger.total_tokens >= self._cfg.token_budget:
+        cfg, ledger = self._cfg, self._ledger
+        if cfg.token_budget is not None and ledger.total_tokens >= cfg.token_budget:
             return True
-        return self._cfg.usd_budget is not None and self._ledger.cost_usd >= self._cfg.usd_budget
+        return cfg.usd_budget is not None and ledger.cost_usd >= cfg.usd_budget
+
+    def _interrupted(self) -> bool:
+        return self._book.abort is not None or self._book.paused
 
     async def _call_model(self) -> ModelResponse | None:
+        """One model call; None if it was interrupted or opened a human blocker."""
         self._turn += 1
         req = ModelRequest(
             model=self._model,
@@ -530,102 +500,96 @@ class AgentSessionWorkflow:
             preflight_limit=int(self._cfg.handoff_threshold * self._ledger.context_window),
             stream_threshold=self._cfg.stream_threshold,
         )
-        try:
-            return await workflow.execute_activity(
-                "call_model",
-                req,
-                result_type=ModelResponse,
-                start_to_close_timeout=timedelta(seconds=self._cfg.model_call_timeout_s),
-                heartbeat_timeout=timedelta(seconds=max(30.0, self._cfg.model_call_timeout_s / 4))
-                if req.max_tokens > req.stream_threshold
-                else None,
-                retry_policy=model_retry(self._cfg.model_retry_initial_s),
-                summary=f"turn {self._turn} · gen {self._generation} · "
-                f"{100 * self._ledger.usage_fraction:.0f}% context",
-            )
-        except ActivityError as err:
-            cause = err.cause
-            if not isinstance(cause, ApplicationError):
-                raise
-            details = cause.details[0] if cause.details else {}
-            status = details.get("status") if isinstance(details, dict) else None
-            message = details.get("message", cause.message) if isinstance(details, dict) else cause.message
-            if status == 413 or "prompt is too long" in str(message):
-                raise _Handoff(TerminationReason.CONTEXT_HANDOFF) from None
-            # Bad request, auth, permission, not found: raise a blocker an operator can
-            # answer with `decide` (after fixing configuration) instead of failing.
-            self._health.failures += 1
-            bid = f"MODEL-{self._generation}-{self._turn}"
-            self._record(
-                StateEvent(
-                    op="add_blocker",
-                    args={
-                        "blocker_id": bid,
-                        "blocker_type": BlockerType.HUMAN_DECISION.value,
-                        "description": f"model call failed ({status}): {message}",
-                    },
-                    at=workflow.now(), by="system",
-                )
-            )
-            self._record(
-                StateEvent(
-                    op="record_error",
-                    args={"source": "model", "message": f"{status}: {message}"},
-                    at=workflow.now(), by="system",
-                )
-            )
-            self._health.blockers_opened += 1
+        out = await turn_io.call_model(
+            req,
+            self._cfg,
+            self._interrupted,
+            summary=f"turn {self._turn} · gen {self._generation} · "
+            f"{100 * self._ledger.usage_fraction:.0f}% context",
+        )
+        if out.overflow:
+            raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
+        if out.failure is not None:
+            self._model_blocker(out.failure)
+        if out.response is None:
             self._turn -= 1
-            return None
+        return out.response
+
+    def _model_blocker(self, failure: str) -> None:
+        """The model cannot be reached or refuses the request: ask a human (after fixing
+        the configuration, `decide` retries the call) instead of failing or retrying
+        silently. Each occurrence gets its own blocker id."""
+        book = self._book
+        book.health.failures += 1
+        bid = f"MODEL-{self._generation}-{self._turn}-{workflow.uuid4().hex[:8]}"
+        book.try_record(
+            StateEvent(
+                op="add_blocker",
+                args={
+                    "blocker_id": bid,
+                    "blocker_type": BlockerType.HUMAN_DECISION.value,
+                    "description": failure[:16_000],
+                },
+                at=workflow.now(), by="system",
+            )
+        )
+        book.try_record(
+            StateEvent(
+                op="record_error",
+                args={"source": "model", "message": failure[:16_000]},
+                at=workflow.now(), by="system",
+            )
+        )
+        book.health.blockers_opened += 1
+        if workflow.patched("model-blocker-notify-1"):
+            self._notifying.append(self._start_notify("BLOCKED", summary=failure[:500]))
 
     async def _run_tool(self, tool_use: dict[str, Any]) -> dict[str, Any]:
         name = str(tool_use.get("name", ""))
-        tool_input = tool_use.get("input") or {}
+        raw_input = tool_use.get("input")
+        tool_input: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use.get("id", "")}
         if name in STATE_TOOLS:
-            op = STATE_TOOLS[name]
-            try:
-                event = StateEvent(op=op, args=dict(tool_input), at=workflow.now(), by="agent")
-                text = self._record(event)
-                if text.startswith("recorded decision"):
-                    self._health.decisions_recorded += 1
-                if text.startswith("completed "):
-                    self._health.tasks_completed += 1
-                if op == "fail_task":
-                    self._health.failures += 1
-                if op == "add_blocker":
-                    self._health.blockers_opened += 1
-            except EventError as err:
-                text = f"error: {err}"
-                result["is_error"] = True
-            result["content"] = text + "\n" + self._progress_line()
-            return result
-        if name == "recall":
-            result["content"] = await self._recall(tool_input)
-            if result["content"].startswith("error:"):
-                result["is_error"] = True
-            return result
-        user_tool = next((t for t in self._cfg.user_tools if t.name == name), None)
-        if user_tool is None:
-            result["content"] = f"error: unknown tool {name!r}"
-            result["is_error"] = True
-            return result
-        try:
-            out = await workflow.execute_activity(
-                f"tool:{name}",
-                tool_input,
-                result_type=str,
-                start_to_close_timeout=timedelta(seconds=300),
-                summary=f"tool {name} (turn {self._turn})",
-            )
-            result["content"] = str(out)
-        except ActivityError as err:
-            result["content"] = f"error: {err.cause or err}"
+            text, error = self._run_state_tool(name, tool_input)
+        elif self._interrupted() and workflow.patched("interruptible-calls-1"):
+            text, error = "error: not run, the session was paused or aborted", True
+        elif name == "recall":
+            text = await self._recall(tool_input)
+            error = text.startswith("error:")
+        else:
+            spec = next((t for t in self._cfg.user_tools if t.name == name), None)
+            if spec is None:
+                text, error = f"error: unknown tool {name!r}", True
+            else:
+                text, error = await turn_io.run_user_tool(
+                    spec, tool_input, self._turn, self._interrupted
+                )
+        result["content"] = text
+        if error:
             result["is_error"] = True
         return result
 
+    def _run_state_tool(self, name: str, tool_input: dict[str, Any]) -> tuple[str, bool]:
+        op = STATE_TOOLS[name]
+        health = self._book.health
+        try:
+            text = self._book.record(
+                StateEvent(op=op, args=dict(tool_input), at=workflow.now(), by="agent")
+            )
+        except (EventError, ValueError, TypeError) as err:
+            return f"error: {err}\n" + self._progress_line(), True
+        if text.startswith("recorded decision"):
+            health.decisions_recorded += 1
+        if text.startswith("completed "):
+            health.tasks_completed += 1
+        if op == "fail_task":
+            health.failures += 1
+        if op == "add_blocker":
+            health.blockers_opened += 1
+        return text + "\n" + self._progress_line(), False
+
     def _progress_line(self) -> str:
-        s = self._state
+        s = self._book.state
         if s.all_done:
             return "ALL TASKS COMPLETE."
         return f"Progress: {s.completed_count}/{len(s.tasks)} done. " + eligible_line(
@@ -666,57 +630,54 @@ class AgentSessionWorkflow:
     async def _after_turn(self) -> None:
         cfg = self._cfg
         self._lifecycle = self._ledger.state_for(cfg.warn_threshold, cfg.handoff_threshold)
-        if self._lifecycle != LifecycleState.ACTIVE and self._child is None:
+        if self._lifecycle != LifecycleState.ACTIVE and not self._link.started:
             # Entering WARNING (or jumping past both thresholds at once): start the
             # child now; a jump straight to CRITICAL seals it right below.
             if workflow.patched("fast-handoff-1"):
                 self._notifying.append(self._start_notify("WARNING"))
             else:
-                await self._notify("WARNING")
+                await self._start_notify("WARNING")
             await self._start_child()
-        elif self._child is not None:
-            await self._send_delta()
+        elif self._link.started:
+            await self._link.send_delta(self._book.events)
         if self._lifecycle == LifecycleState.CRITICAL:
             raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
         self._upsert_visibility(None)
 
-    async def _start_child(self) -> None:
-        info = workflow.info()
-        # Events applied before the child starts are part of its snapshot already; the
-        # list is passed so the payload can say what changed since the last handoff.
-        snapshot_events = list(self._events)
-        self._child = await workflow.start_child_workflow(
-            "HandoffWorkflow",
-            HandoffInput(
-                session_id=info.workflow_id,
-                generation=self._generation,
-                run_id=info.run_id,
-                model=self._model,
-                state=self._state,
-                events_since_last_handoff=snapshot_events,
-                lineage=self._lineage(),
-                level=self._cfg.compression_level,
-                budgets=self._cfg.level_budgets,
-                max_payload_bytes=self._cfg.max_payload_bytes,
-            ),
-            id=f"{info.workflow_id}-handoff-{self._generation}",
-            result_type=HandoffPayload,
-            static_summary=f"handoff of generation {self._generation}",
-            static_details=(
-                f"Builds the handoff payload for session {info.workflow_id}, generation "
-                f"{self._generation} → {self._generation + 1}."
-            ),
-        )
-        self._events_sent = len(self._events)
+    def _measure(self, value: Any) -> int:
+        """Serialized size of a workflow input, as the payload converter writes it."""
+        return workflow.payload_converter().to_payload(value).ByteSize()
 
-    async def _send_delta(self) -> None:
-        assert self._child is not None
-        new = self._events[self._events_sent :]
-        if not new:
-            return
-        self._deltas_sent += 1
-        await self._child.signal("delta", HandoffDelta(events=new, seq=self._deltas_sent))
-        self._events_sent = len(self._events)
+    async def _start_child(self) -> None:
+        """Start the handoff child with a snapshot of the state.
+
+        Raises:
+            _Stop: the snapshot is larger than `max_carry_bytes`.
+        """
+        info = workflow.info()
+        book = self._book
+        inp = HandoffInput(
+            session_id=info.workflow_id,
+            generation=self._generation,
+            run_id=info.run_id,
+            model=self._model,
+            state=book.state,
+            # Events applied before the child starts are part of its snapshot already;
+            # the list is passed so the payload can say what changed since the last handoff.
+            events_since_last_handoff=list(book.events),
+            lineage=self._lineage(),
+            level=self._cfg.compression_level,
+            budgets=self._cfg.level_budgets,
+            max_payload_bytes=self._cfg.max_payload_bytes,
+        )
+        size = self._measure(inp)
+        if size > self._cfg.max_carry_bytes:
+            raise _Stop(
+                TerminationReason.HANDOFF_FAILED,
+                f"handoff input is {size:,} bytes, over max_carry_bytes="
+                f"{self._cfg.max_carry_bytes:,}",
+            )
+        await self._link.start(inp, f"{info.workflow_id}-handoff-{self._generation}", book.events)
 
     async def _handoff(self, reason: TerminationReason) -> SessionResult:
         if self._generation + 1 >= self._cfg.max_generations:
@@ -724,6 +685,7 @@ class AgentSessionWorkflow:
                 TerminationReason.MAX_GENERATIONS,
                 f"max generations ({self._cfg.max_generations}) reached",
             )
+        book = self._book
         self._lifecycle = LifecycleState.CRITICAL
         # Fast path: the CRITICAL notification runs alongside the sealing, the last
         # events ride on the seal signal, and the successor announces the handoff.
@@ -731,109 +693,120 @@ class AgentSessionWorkflow:
         fast = workflow.patched("fast-handoff-1")
         critical = self._start_notify("CRITICAL", reason) if fast else None
         if critical is None:
-            await self._notify("CRITICAL", reason)
-        if self._child is None:
-            await self._start_child()
-        elif not fast:
-            await self._send_delta()
+            await self._start_notify("CRITICAL", reason)
+        try:
+            if not self._link.started:
+                await self._start_child()
+            elif not fast:
+                await self._link.send_delta(book.events)
+        except _Stop as stop:
+            return await self._finish(stop.reason, stop.message, final=False)
         self._lifecycle = LifecycleState.HANDOFF_PENDING
-        self._sealing = True
+        book.phase = Phase.SEALING
         self._set_details()
-        assert self._child is not None
         seal = self._seal_request(reason)
         if fast:
-            seal.events = self._events[self._events_sent :]
-            self._events_sent = len(self._events)
-        await self._child.signal("seal", seal)
+            seal.events = self._link.take_rest(book.events)
         try:
-            payload = await self._child
+            payload = await self._link.seal(seal)
         except ChildWorkflowError as err:
             if critical is not None:
                 await critical
-            return await self._handoff_failed(err)
+            return await self._handoff_failed(_root_message(err))
         self._lifecycle = LifecycleState.HANDOFF_COMPLETE
         if critical is not None:
             await critical
         else:
-            await self._notify("HANDOFF", reason, payload.summary())
+            await self._start_notify("HANDOFF", reason, payload.summary())
         self._upsert_visibility(payload)
         await self._notified()
         await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(
-            SessionInput(
-                config=self._cfg,
-                project=self._state,
-                handoff=payload,
-                generation=self._generation + 1,
-                # Commands that arrived while sealing are applied by the successor;
-                # text already in the state but not yet sent to the model is carried.
-                inbox=list(self._inbox),
-                pending_human_text=list(self._pending_say),
-                ledger=self._ledger,
-                lineage=self._lineage(),
-                health=self._health.model_dump(exclude={"tasks_per_hour"}),
-                paused=self._paused,
-                started_at=self._started,
-                handoff_reason=reason,
-                announce_handoff=fast,
-            )
+        nxt = SessionInput(
+            config=self._cfg,
+            project=book.state,
+            # The successor needs the prompt and the summary; the document stays in
+            # the child's result (and `recall` reads any generation's state).
+            handoff=payload.seed(),
+            generation=self._generation + 1,
+            # Commands that arrived while sealing are applied by the successor;
+            # text already in the state but not yet sent to the model is carried.
+            inbox=list(book.inbox),
+            pending_human_text=list(book.pending_say),
+            ledger=self._ledger,
+            lineage=self._lineage(),
+            health=book.health.model_dump(exclude={"tasks_per_hour"}),
+            paused=book.paused,
+            started_at=self._started,
+            handoff_reason=reason,
+            announce_handoff=fast,
         )
+        size = self._measure(nxt)
+        if size > self._cfg.max_carry_bytes:
+            return await self._handoff_failed(
+                f"successor input is {size:,} bytes, over max_carry_bytes="
+                f"{self._cfg.max_carry_bytes:,}"
+            )
+        workflow.continue_as_new(nxt)
 
-    async def _handoff_failed(self, err: ChildWorkflowError) -> SessionResult:
-        """The payload could not be built: end with the full state, nothing dropped."""
-        cause: BaseException = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        message = getattr(cause, "message", None) or str(cause)
-        self._child = None
-        self._sealing = False
-        for cmd in self._inbox:  # commands that waited for the successor
-            self._apply_command(cmd)
-        self._inbox = []
-        self._record(
+    async def _handoff_failed(self, message: str) -> SessionResult:
+        """No successor can start: end with the full state, nothing dropped."""
+        self._link.handle = None
+        self._drain_inbox()
+        self._book.try_record(
             StateEvent(
                 op="record_error",
-                args={"source": "handoff", "message": message},
+                args={"source": "handoff", "message": message[:16_000] or "handoff failed"},
                 at=workflow.now(), by="system",
             )
         )
         return await self._finish(TerminationReason.HANDOFF_FAILED, message, final=False)
 
+    def _drain_inbox(self) -> None:
+        """Apply the commands that waited for a successor that will not come."""
+        book = self._book
+        book.phase = Phase.RUNNING
+        queued, book.inbox = book.inbox, []
+        for cmd in queued:
+            self._log_unapplied(cmd, commands.apply(book, cmd))
+
     def _seal_request(self, reason: TerminationReason) -> SealRequest:
         return SealRequest(
             reason=reason,
             ledger=self._ledger,
-            recent_human_input=self._recent_human[-10:],
+            recent_human_input=self._book.recent_human[-10:],
             paused_seconds=self._longest_pause,
-            events_sent=self._deltas_sent,
+            events_sent=self._link.deltas,
         )
 
     async def _finish(
         self, reason: TerminationReason, message: str, final: bool = True
     ) -> SessionResult:
+        book = self._book
+        if book.inbox:
+            self._drain_inbox()
+        # From here on updates are refused and signals ignored, so what the result
+        # says (state and final document) is everything that was accepted.
+        book.phase = Phase.CLOSING
+        book.closing_reason = reason.value
         document: HandoffPayload | None = None
         if final and reason != TerminationReason.TASK_COMPLETED:
             document = await self._final_document(reason)
-        elif self._child is not None:
+        else:
             # Finished before sealing: the half-built handoff is not needed.
-            self._child.cancel()
-            try:
-                await self._child
-            except (ChildWorkflowError, asyncio.CancelledError):
-                pass
+            await self._link.cancel()
         self._lifecycle = LifecycleState.TERMINATED
         await self._notified()
-        await self._notify("TERMINATED", reason)
+        await self._start_notify("TERMINATED", reason)
         self._upsert_visibility(document)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return SessionResult(
             session_id=workflow.info().workflow_id,
             reason=reason,
             generation=self._generation,
-            project=self._state,
+            project=book.state,
             ledger=self._ledger,
             lineage=self._lineage(),
-            health=self._health,
+            health=book.health,
             final_handoff=document,
             message=message,
         )
@@ -842,13 +815,13 @@ class AgentSessionWorkflow:
         """The document to resume from, built by the child if one runs, else directly.
 
         None if it cannot be built (the state is still in the result)."""
-        if self._child is not None:
-            await self._send_delta()
-            await self._child.signal("seal", self._seal_request(reason))
+        book = self._book
+        if self._link.started:
+            await self._link.send_delta(book.events)
             try:
-                return await self._child
+                return await self._link.seal(self._seal_request(reason))
             except ChildWorkflowError:
-                pass
+                self._link.handle = None
         info = workflow.info()
         ctx = HandoffContext(
             session_id=info.workflow_id,
@@ -858,15 +831,15 @@ class AgentSessionWorkflow:
             model=self._model,
             ledger=self._ledger,
             lineage=self._lineage(),
-            events_since_last_handoff=self._events,
-            recent_human_input=self._recent_human[-10:],
+            events_since_last_handoff=book.events,
+            recent_human_input=book.recent_human[-10:],
             paused_seconds=self._longest_pause,
         )
         try:
             return await workflow.execute_activity(
                 "build_handoff",
                 {
-                    "state": self._state.model_dump(mode="json"),
+                    "state": book.state.model_dump(mode="json"),
                     "context": ctx.model_dump(mode="json"),
                     "level": self._cfg.compression_level.value,
                     "budgets": {k.value: v for k, v in self._cfg.level_budgets.items()},
@@ -881,20 +854,15 @@ class AgentSessionWorkflow:
         except ActivityError as err:
             cause = err.cause
             text = cause.message if isinstance(cause, ApplicationError) else str(err)
-            self._record(
+            book.try_record(
                 StateEvent(
-                    op="record_error", args={"source": "handoff", "message": text},
+                    op="record_error", args={"source": "handoff", "message": text or "failed"},
                     at=workflow.now(), by="system",
                 )
             )
             return None
 
     # ---------------------------------------------------------------- visibility
-    async def _notify(
-        self, event: str, reason: TerminationReason | None = None, summary: str = ""
-    ) -> None:
-        await self._start_notify(event, reason, summary)
-
     async def _notified(self) -> None:
         """Wait for the notifications started in the background."""
         while self._notifying:
@@ -903,49 +871,25 @@ class AgentSessionWorkflow:
     def _start_notify(
         self, event: str, reason: TerminationReason | None = None, summary: str = ""
     ) -> workflow.ActivityHandle[None]:
-        """Schedule a lifecycle notification; await the handle to wait for it."""
-        return workflow.start_activity(
-            "notify",
-            LifecycleEvent(
-                session_id=workflow.info().workflow_id,
-                generation=self._generation,
-                event=event,
-                lifecycle=self._lifecycle,
-                reason=reason,
-                context_pct=round(100 * self._ledger.usage_fraction, 2),
-                tasks_done=self._state.completed_count,
-                tasks_total=len(self._state.tasks),
-                summary=summary,
-            ),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=3),
-            summary=f"notify {event}",
+        return vis.start_notify(
+            self._generation, event, self._lifecycle, self._ledger, self._book.state,
+            reason, summary,
         )
 
     def _set_details(self) -> None:
-        s = self._state
-        workflow.set_current_details(
-            f"gen {self._generation} · turn {self._turn} · {self._lifecycle.value} · "
-            f"context {100 * self._ledger.usage_fraction:.0f}% · "
-            f"tasks {s.completed_count}/{len(s.tasks)} · "
-            f"blockers {len(s.open_blockers())}"
+        vis.set_details(
+            self._generation, self._turn, self._lifecycle, self._ledger, self._book.state
         )
 
     def _upsert_visibility(self, payload: HandoffPayload | None) -> None:
         self._set_details()
-        if payload is not None:
-            workflow.upsert_memo({"handoff_summary": payload.summary()})
-        if not self._cfg.search_attributes:
-            return
-        workflow.upsert_search_attributes(
-            search_attribute_updates(
-                generation=self._generation,
-                context_pct=100 * self._ledger.usage_fraction,
-                lifecycle=self._lifecycle.value,
-                project=self._state.name,
-                user=self._cfg.user,
-                agent_type=self._cfg.agent_type,
-                total_tokens=self._ledger.total_tokens,
-                cost_usd=self._ledger.cost_usd,
-            )
+        vis.upsert(
+            self._cfg, self._generation, self._lifecycle, self._ledger, self._book.state, payload
         )
+
+
+def _root_message(err: BaseException) -> str:
+    cause: BaseException = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return getattr(cause, "message", None) or str(cause)

@@ -1,0 +1,154 @@
+"""One model turn's Temporal side: call the model, map its failures, run the tools.
+
+Every outcome is a value the run loop can act on; nothing here raises into the loop:
+- the model answered (`ModelOutcome.response`);
+- the context overflowed (`overflow`): hand off;
+- the call cannot succeed now (non-retryable error, or the retry limit reached):
+  `failure`, which the session turns into a human-decision blocker;
+- a human paused or aborted while the call was in flight (`interrupted`): the
+  activity is cancelled and the turn does not count.
+
+User tools run with their own `ToolPolicy`; when the attempts are spent, the error goes
+to the model as a `tool_result` with `is_error: true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState
+
+with workflow.unsafe.imports_passed_through():
+    from temporal_handoff.schemas.config import SessionConfig
+    from temporal_handoff.schemas.model_io import ModelRequest, ModelResponse, ToolSpec
+
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """A human paused or aborted while an activity was in flight; it was cancelled."""
+
+
+async def until_done_or_interrupted(
+    handle: workflow.ActivityHandle[T], interrupted: Callable[[], bool]
+) -> T:
+    """Await an activity unless a human interrupts first; then cancel it.
+
+    Raises:
+        Interrupted: the activity was cancelled.
+        ActivityError: the activity failed.
+    """
+    await workflow.wait_condition(lambda: handle.done() or interrupted())
+    if handle.done() or not workflow.patched("interruptible-calls-1"):
+        return await handle
+    handle.cancel()
+    try:
+        await handle
+    except (ActivityError, asyncio.CancelledError):
+        pass
+    raise Interrupted()
+
+
+def model_retry(cfg: SessionConfig) -> RetryPolicy:
+    """Retryable errors back off from `model_retry_initial_s`, at most
+    `model_max_attempts` times; non-retryable ones fail at once."""
+    initial = cfg.model_retry_initial_s
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=initial),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=max(60.0, initial)),
+        maximum_attempts=cfg.model_max_attempts,
+    )
+
+
+@dataclass
+class ModelOutcome:
+    response: ModelResponse | None = None
+    overflow: bool = False
+    failure: str | None = None
+    """Why the call cannot succeed now (shown on the blocker)."""
+    interrupted: bool = False
+
+
+def _error_parts(err: ActivityError) -> tuple[Any, str]:
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        details = cause.details[0] if cause.details else {}
+        if isinstance(details, dict):
+            return details.get("status"), str(details.get("message", cause.message))
+        return None, cause.message
+    return None, str(cause or err)
+
+
+async def call_model(
+    req: ModelRequest, cfg: SessionConfig, interrupted: Callable[[], bool], summary: str
+) -> ModelOutcome:
+    handle = workflow.start_activity(
+        "call_model",
+        req,
+        result_type=ModelResponse,
+        start_to_close_timeout=timedelta(seconds=cfg.model_call_timeout_s),
+        schedule_to_close_timeout=timedelta(seconds=cfg.model_retry_timeout_s),
+        heartbeat_timeout=timedelta(seconds=max(30.0, cfg.model_call_timeout_s / 4))
+        if req.max_tokens > req.stream_threshold
+        else None,
+        retry_policy=model_retry(cfg),
+        summary=summary,
+    )
+    try:
+        return ModelOutcome(response=await until_done_or_interrupted(handle, interrupted))
+    except Interrupted:
+        return ModelOutcome(interrupted=True)
+    except ActivityError as err:
+        status, message = _error_parts(err)
+        if status == 413 or "prompt is too long" in message:
+            return ModelOutcome(overflow=True)
+        if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
+            return ModelOutcome(
+                failure=f"model unreachable after {cfg.model_max_attempts} attempts: {message}"
+            )
+        if err.retry_state == RetryState.TIMEOUT:
+            return ModelOutcome(
+                failure=f"model unreachable for {cfg.model_retry_timeout_s:.0f} s: {message}"
+            )
+        return ModelOutcome(failure=f"model call failed ({status}): {message}")
+
+
+async def run_user_tool(
+    spec: ToolSpec, tool_input: dict[str, Any], turn: int, interrupted: Callable[[], bool]
+) -> tuple[str, bool]:
+    """Run `tool:<name>` with the tool's policy; (content, is_error) for the tool_result."""
+    policy = spec.policy
+    handle = workflow.start_activity(
+        f"tool:{spec.name}",
+        tool_input,
+        result_type=str,
+        start_to_close_timeout=timedelta(seconds=policy.timeout_s),
+        retry_policy=RetryPolicy(
+            initial_interval=timedelta(seconds=policy.retry_initial_s),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=max(60.0, policy.retry_initial_s)),
+            maximum_attempts=policy.max_attempts,
+            non_retryable_error_types=list(policy.non_retryable_errors) or None,
+        ),
+        summary=f"tool {spec.name} (turn {turn})",
+    )
+    try:
+        return str(await until_done_or_interrupted(handle, interrupted)), False
+    except Interrupted:
+        return "error: interrupted by a human (pause or abort) before the tool finished", True
+    except ActivityError as err:
+        cause = err.cause
+        text = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        attempts = (
+            f" after {policy.max_attempts} attempts"
+            if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED
+            else ""
+        )
+        return f"error: tool {spec.name} failed{attempts}: {text}", True

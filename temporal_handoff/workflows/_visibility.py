@@ -1,0 +1,85 @@
+"""What operators see of a running session: details line, memo, search attributes,
+lifecycle notifications. Only numbers, states and names: never prompt text or secrets."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from temporal_handoff.schemas.config import SessionConfig
+    from temporal_handoff.schemas.events import LifecycleEvent
+    from temporal_handoff.schemas.handoff import HandoffPayload
+    from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
+    from temporal_handoff.schemas.project import ProjectState
+    from temporal_handoff.schemas.tokens import TokenLedger
+    from temporal_handoff.schemas.visibility import search_attribute_updates
+
+
+def set_details(
+    generation: int, turn: int, lifecycle: LifecycleState, ledger: TokenLedger, state: ProjectState
+) -> None:
+    workflow.set_current_details(
+        f"gen {generation} · turn {turn} · {lifecycle.value} · "
+        f"context {100 * ledger.usage_fraction:.0f}% · "
+        f"tasks {state.completed_count}/{len(state.tasks)} · "
+        f"blockers {len(state.open_blockers())}"
+    )
+
+
+def upsert(
+    cfg: SessionConfig,
+    generation: int,
+    lifecycle: LifecycleState,
+    ledger: TokenLedger,
+    state: ProjectState,
+    payload: HandoffPayload | None,
+) -> None:
+    """Memo (handoff summary) and the Agent* search attributes (if enabled)."""
+    if payload is not None:
+        workflow.upsert_memo({"handoff_summary": payload.summary()})
+    if not cfg.search_attributes:
+        return
+    workflow.upsert_search_attributes(
+        search_attribute_updates(
+            generation=generation,
+            context_pct=100 * ledger.usage_fraction,
+            lifecycle=lifecycle.value,
+            project=state.name,
+            user=cfg.user,
+            agent_type=cfg.agent_type,
+            total_tokens=ledger.total_tokens,
+            cost_usd=ledger.cost_usd,
+        )
+    )
+
+
+def start_notify(
+    generation: int,
+    event: str,
+    lifecycle: LifecycleState,
+    ledger: TokenLedger,
+    state: ProjectState,
+    reason: TerminationReason | None = None,
+    summary: str = "",
+) -> workflow.ActivityHandle[None]:
+    """Schedule a lifecycle notification; await the handle to wait for it."""
+    return workflow.start_activity(
+        "notify",
+        LifecycleEvent(
+            session_id=workflow.info().workflow_id,
+            generation=generation,
+            event=event,
+            lifecycle=lifecycle,
+            reason=reason,
+            context_pct=round(100 * ledger.usage_fraction, 2),
+            tasks_done=state.completed_count,
+            tasks_total=len(state.tasks),
+            summary=summary,
+        ),
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_attempts=3),
+        summary=f"notify {event}",
+    )
