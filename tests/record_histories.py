@@ -3,8 +3,8 @@
     .venv/bin/python -m tests.record_histories v1     # writes tests/histories/v1/
 
 Runs one session on a fresh dev server against the fake model: ≥ 2 handoffs, human
-commands (say, decide, pause/resume) and a model call that fails once and is
-retried. Writes every run's history and every handoff child's history as JSON.
+commands (say, decide, pause/resume), a model call that fails once and is retried,
+and (from v2) a non-retryable model error that repeats after the human decides. Writes every run's history and every handoff child's history as JSON.
 Re-record only on purpose: a replay failure after a code change means the change is
 not deterministic-compatible with running sessions.
 """
@@ -40,6 +40,8 @@ async def main(version: str) -> None:
     try:
         with FakeAnthropicServer(brain=brain, latency_s=0.01) as fake:
             fake.add_fault(Fault(status=529, times=1, retry_after=0.2))
+            # The same non-retryable error twice on one turn: two distinct blockers.
+            fake.add_fault(Fault(status=401, times=2, path="/v1/messages"))
             async with running_worker(client, "record", fake.base_url):
                 handle = await start_session(
                     client, "record", synthetic_project(40, 3), prefix="recorded",

@@ -417,6 +417,8 @@ def check_event(state: ProjectState, event: StateEvent) -> _Args:
             raise EventError(f"{args.task_id}: only failed or skipped tasks can be retried")
         if event.op == "skip_task" and task.status == TaskStatus.COMPLETED:
             raise EventError(f"{args.task_id}: already completed")
+        if event.op == "skip_task" and task.status == TaskStatus.SKIPPED:
+            raise EventError(f"{args.task_id}: already skipped")
     if isinstance(args, ResolveBlockerArgs):
         blocker = state.blocker(args.blocker_id)
         if blocker is None:
