@@ -10,6 +10,8 @@ schema modules through the workflow sandbox, and lists the deterministic failure
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +42,10 @@ from temporal_handoff.activities.tokenizer import estimate_tokens
 from temporal_handoff.schemas.config import STATE_TOOL_NAMES
 from temporal_handoff.schemas.model_io import ToolSpec
 from temporal_handoff.schemas.project import EventError
-from temporal_handoff.workers.search_attributes import ensure_search_attributes
+from temporal_handoff.workers.search_attributes import (
+    SearchAttributesMissing,
+    ensure_search_attributes,
+)
 from temporal_handoff.workflows.handoff import HandoffWorkflow
 from temporal_handoff.workflows.session import AgentSessionWorkflow
 
@@ -181,8 +186,22 @@ class HandoffPlugin(SimplePlugin):
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
         """Check the namespace's search attributes before polling (one clear error)."""
+        problem: SearchAttributesMissing | None = None
         if self.options.check_search_attributes:
-            await ensure_search_attributes(
-                worker.client, register=self.options.register_search_attributes
-            )
-        await super().run_worker(worker, next)
+            try:
+                await ensure_search_attributes(
+                    worker.client, register=self.options.register_search_attributes
+                )
+            except SearchAttributesMissing as err:
+                problem = err
+        if problem is None:
+            await super().run_worker(worker, next)
+            return
+        # A worker's shutdown only completes once its run has started, so a plugin that
+        # raised before `next` would leave `async with Worker(...)` waiting forever:
+        # start it already shut down, then fail with the reason.
+        runner = asyncio.ensure_future(super().run_worker(worker, next))
+        await worker.shutdown()
+        with contextlib.suppress(Exception):
+            await runner
+        raise problem
