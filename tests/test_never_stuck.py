@@ -683,7 +683,12 @@ async def test_successor_input_does_not_carry_a_copy_of_the_document(
 
 # ------------------------------------------------------------------ 8. calls that never succeed
 async def test_unreachable_model_raises_a_blocker(client: Client, task_queue: str) -> None:
-    async with running_worker(client, task_queue, "http://127.0.0.1:9"):
+    seen: list[LifecycleEvent] = []
+
+    async def notifier(event: LifecycleEvent) -> None:
+        seen.append(event)
+
+    async with running_worker(client, task_queue, "http://127.0.0.1:9", notifier=notifier):
         handle = await start(
             client, task_queue, synthetic_project(4, 1), context_window=200_000,
             model_max_attempts=3, model_retry_initial_s=0.1,
@@ -694,8 +699,37 @@ async def test_unreachable_model_raises_a_blocker(client: Client, task_queue: st
             "a blocker for the unreachable model",
         )
         assert "connect" in st.open_blockers[0]["description"].lower(), st.open_blockers
+        assert "after 3 attempts" in st.open_blockers[0]["description"], st.open_blockers
+        await wait_until(
+            handle, lambda: any(e.event == "BLOCKED" for e in seen), "a BLOCKED notification"
+        )
         await assert_no_task_failures(handle)
-        await handle.terminate("test over")
+        await handle.signal("abort")
+        result = await result_of(handle)
+        assert result.reason == TerminationReason.USER_ABORT
+
+
+async def test_pause_cancels_a_model_call_in_flight_and_resume_makes_it_again(
+    client: Client, task_queue: str
+) -> None:
+    with FakeAnthropicServer(brain=ScriptedAgentBrain(), latency_s=30.0) as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            handle = await start(client, task_queue, synthetic_project(3, 1))
+            await wait_until(
+                handle, lambda: len(fake.message_requests()) >= 1, "the first model call"
+            )
+            await handle.signal("pause")
+            st = await wait_status(handle, lambda s: s.lifecycle == LifecycleState.PAUSED, "paused")
+            assert st.turn == 0  # the cancelled call does not count as a turn
+            events = [e for _, evs in await run_chain(handle) for e in evs]
+            assert any(
+                e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED for e in events
+            )
+            fake.latency_s = 0.0
+            await handle.signal("resume")
+            result = await result_of(handle)
+    assert result.reason == TerminationReason.TASK_COMPLETED, result.message
+    await assert_no_task_failures(handle)
 
 # ------------------------------------------------------------------ 9. events lost by the child
 async def test_handoff_child_gets_every_human_message(client: Client, task_queue: str) -> None:
