@@ -9,6 +9,7 @@ from temporalio.exceptions import ApplicationError
 from temporal_handoff.activities.tokenizer import count_tokens
 from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.handoff import (
+    PAYLOAD_TOO_LARGE,
     HandoffContext,
     HandoffPayload,
     build_document,
@@ -19,7 +20,6 @@ from temporal_handoff.schemas.project import ProjectState
 
 __all__ = ["BuildHandoffInput", "build_handoff", "render_payload", "PAYLOAD_TOO_LARGE"]
 
-PAYLOAD_TOO_LARGE = "HandoffPayloadTooLarge"
 """ApplicationError type raised when the serialized payload exceeds the cap."""
 
 

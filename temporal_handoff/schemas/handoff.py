@@ -94,6 +94,9 @@ LEVEL_ORDER = (CompressionLevel.MINIMAL, CompressionLevel.STANDARD, CompressionL
 # The document keeps the most relevant items of the unbounded sections only: the
 # payload crosses continue-as-new (2 MiB hard limit) and the rest is recallable.
 _DOC_CAP = 60
+PAYLOAD_TOO_LARGE = "HandoffPayloadTooLarge"
+"""ApplicationError type of `build_handoff` when the payload is over `max_payload_bytes`."""
+
 _TEXT_CAP = 2_000
 HUMAN_TEXT_CAP_CHARS = _TEXT_CAP
 """A human message longer than this is cut in the handoff document (not in the model's turn)."""

@@ -4,6 +4,11 @@ The cursor (how many of the book's events the child has) moves *before* any awai
 an event recorded by a handler while a signal or the child start is in flight is
 forwarded with the next delta or the seal, never skipped. Sessions recorded before
 that fix replay the old order (`workflow.patched("handoff-cursor-1")`).
+
+The child can disappear under the session: `temporal workflow reset` makes a new run
+whose recorded child belongs to the old run (closed, or still running with the same
+id), an operator can terminate it. Every such case surfaces as :class:`ChildGone`, and
+the session builds the payload itself instead (`build_handoff` activity).
 """
 
 from __future__ import annotations
@@ -12,12 +17,31 @@ import asyncio
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ChildWorkflowError
+from temporalio.exceptions import (
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.events import HandoffDelta, HandoffInput, SealRequest
-    from temporal_handoff.schemas.handoff import HandoffPayload
+    from temporal_handoff.schemas.handoff import PAYLOAD_TOO_LARGE, HandoffPayload
     from temporal_handoff.schemas.project import StateEvent
+
+
+class ChildGone(Exception):
+    """The child cannot be used (closed, reset away, terminated, not startable)."""
+
+
+def is_build_failure(err: ChildWorkflowError) -> bool:
+    """Did the child fail because the payload cannot be built (not because it vanished)?"""
+    cause: BaseException | None = err.cause
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.type == PAYLOAD_TOO_LARGE:
+            return True
+        cause = cause.__cause__
+    return False
 
 
 class HandoffLink:
@@ -31,12 +55,39 @@ class HandoffLink:
     def started(self) -> bool:
         return self.handle is not None
 
+    def drop(self) -> None:
+        self.handle = None
+
     async def start(self, inp: HandoffInput, child_id: str, events: list[StateEvent]) -> None:
-        """Start the child with a snapshot; `inp.events_since_last_handoff` is `events` now."""
+        """Start the child with a snapshot; `inp.events_since_last_handoff` is `events` now.
+
+        If a child with that id is still running (it belongs to a run that was reset
+        away), the stale one is cancelled and this run's child gets a run-scoped id.
+
+        Raises:
+            ChildGone: no child could be started.
+        """
         fixed = workflow.patched("handoff-cursor-1")
         if fixed:
             self.sent = len(inp.events_since_last_handoff)
-        self.handle = await workflow.start_child_workflow(
+        try:
+            self.handle = await self._start(inp, child_id)
+        except WorkflowAlreadyStartedError:
+            await _cancel_stale(child_id)
+            try:
+                self.handle = await self._start(
+                    inp, f"{child_id}-{workflow.info().run_id[:8]}"
+                )
+            except FailureError as err:
+                raise ChildGone(str(err)) from err
+        if not fixed:
+            self.sent = len(events)
+
+    @staticmethod
+    async def _start(
+        inp: HandoffInput, child_id: str
+    ) -> workflow.ChildWorkflowHandle[Any, HandoffPayload]:
+        return await workflow.start_child_workflow(
             "HandoffWorkflow",
             inp,
             id=child_id,
@@ -47,11 +98,13 @@ class HandoffLink:
                 f"{inp.generation} → {inp.generation + 1}."
             ),
         )
-        if not fixed:
-            self.sent = len(events)
 
     async def send_delta(self, events: list[StateEvent]) -> None:
-        """Forward the events recorded since the last delta (none: no signal)."""
+        """Forward the events recorded since the last delta (none: no signal).
+
+        Raises:
+            ChildGone: the child cannot receive signals any more.
+        """
         assert self.handle is not None
         new = events[self.sent :]
         if not new:
@@ -60,7 +113,11 @@ class HandoffLink:
         if fixed:
             self.sent = len(events)
         self.deltas += 1
-        await self.handle.signal("delta", HandoffDelta(events=new, seq=self.deltas))
+        try:
+            await self.handle.signal("delta", HandoffDelta(events=new, seq=self.deltas))
+        except FailureError as err:
+            self.handle = None
+            raise ChildGone(str(err)) from err
         if not fixed:
             self.sent = len(events)
 
@@ -74,11 +131,22 @@ class HandoffLink:
         """Seal the child and wait for its payload.
 
         Raises:
-            ChildWorkflowError: the payload could not be built.
+            ChildWorkflowError: the payload cannot be built (over its size cap).
+            ChildGone: the child vanished (closed, terminated, reset away).
         """
         assert self.handle is not None
-        await self.handle.signal("seal", req)
-        return await self.handle
+        handle = self.handle
+        try:
+            await handle.signal("seal", req)
+            return await handle
+        except ChildWorkflowError as err:
+            self.handle = None
+            if is_build_failure(err):
+                raise
+            raise ChildGone(str(err)) from err
+        except FailureError as err:
+            self.handle = None
+            raise ChildGone(str(err)) from err
 
     async def cancel(self) -> None:
         """Cancel a child that is no longer needed and wait for it to close."""
@@ -87,6 +155,13 @@ class HandoffLink:
         self.handle.cancel()
         try:
             await self.handle
-        except (ChildWorkflowError, asyncio.CancelledError):
+        except (FailureError, asyncio.CancelledError):
             pass
         self.handle = None
+
+
+async def _cancel_stale(child_id: str) -> None:
+    try:
+        await workflow.get_external_workflow_handle(child_id).cancel()
+    except FailureError:
+        pass  # already closed: nothing to clean up

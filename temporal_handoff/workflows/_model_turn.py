@@ -44,7 +44,13 @@ async def until_done_or_interrupted(
         Interrupted: the activity was cancelled.
         ActivityError: the activity failed.
     """
-    await workflow.wait_condition(lambda: handle.done() or interrupted())
+    try:
+        await workflow.wait_condition(lambda: handle.done() or interrupted())
+    except asyncio.CancelledError:
+        # The workflow itself was cancelled (`temporal workflow cancel`): the activity is
+        # not awaited here, so cancel it as awaiting it would have.
+        handle.cancel()
+        raise
     if handle.done() or not workflow.patched("interruptible-calls-1"):
         return await handle
     handle.cancel()

@@ -15,6 +15,7 @@ and `_visibility` (details, memo, search attributes, notifications).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,7 +56,7 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.workflows import _model_turn as turn_io
     from temporal_handoff.workflows import _visibility as vis
     from temporal_handoff.workflows._book import Phase, SessionBook
-    from temporal_handoff.workflows._handoff_link import HandoffLink
+    from temporal_handoff.workflows._handoff_link import ChildGone, HandoffLink
 
 
 def eligible_line(ids: list[str]) -> str:
@@ -116,6 +117,8 @@ class AgentSessionWorkflow:
         self._notifying: list[workflow.ActivityHandle[None]] = []
         """Notifications running alongside the session; awaited at the next safe point."""
         self._longest_pause = 0.0
+        self._closing: tuple[TerminationReason, str, bool] | None = None
+        """Set once the session is finishing (a cancel then finishes the same way)."""
         # Commands carried from the predecessor's handoff are applied first (totally:
         # one that no longer applies is dropped with a log line, never raised).
         for cmd in inp.inbox:
@@ -288,6 +291,12 @@ class AgentSessionWorkflow:
                 return await self._handoff(h.reason)
             except _Stop as s:
                 return await self._finish(s.reason, s.message, final=False)
+            except asyncio.CancelledError:
+                # `temporal workflow cancel` (or the UI's Cancel) is an abort: the session
+                # closes with its state and a final document, whenever it arrives.
+                if not workflow.patched("cancel-is-abort-1"):
+                    raise
+                return await self._cancelled()
         except _BUGS as err:
             # A bug, not an input: fail the workflow (not the task, forever) and keep
             # the state in the failure so nothing is lost.
@@ -639,7 +648,10 @@ class AgentSessionWorkflow:
                 await self._start_notify("WARNING")
             await self._start_child()
         elif self._link.started:
-            await self._link.send_delta(self._book.events)
+            try:
+                await self._link.send_delta(self._book.events)
+            except ChildGone:
+                pass  # dropped; the handoff starts a new child or builds the payload itself
         if self._lifecycle == LifecycleState.CRITICAL:
             raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
         self._upsert_visibility(None)
@@ -701,15 +713,14 @@ class AgentSessionWorkflow:
                 await self._link.send_delta(book.events)
         except _Stop as stop:
             return await self._finish(stop.reason, stop.message, final=False)
+        except ChildGone:
+            pass  # built below without a child
         self._lifecycle = LifecycleState.HANDOFF_PENDING
         book.phase = Phase.SEALING
         self._set_details()
-        seal = self._seal_request(reason)
-        if fast:
-            seal.events = self._link.take_rest(book.events)
         try:
-            payload = await self._link.seal(seal)
-        except ChildWorkflowError as err:
+            payload = await self._sealed_payload(reason, fast)
+        except (ChildWorkflowError, ActivityError) as err:
             if critical is not None:
                 await critical
             return await self._handoff_failed(_root_message(err))
@@ -748,6 +759,23 @@ class AgentSessionWorkflow:
             )
         workflow.continue_as_new(nxt)
 
+    async def _sealed_payload(self, reason: TerminationReason, fast: bool) -> HandoffPayload:
+        """The payload from the child, or built here if the child is gone (reset,
+        terminated).
+
+        Raises:
+            ChildWorkflowError, ActivityError: the payload cannot be built.
+        """
+        if self._link.started:
+            seal = self._seal_request(reason)
+            if fast:
+                seal.events = self._link.take_rest(self._book.events)
+            try:
+                return await self._link.seal(seal)
+            except ChildGone as gone:
+                workflow.logger.warning("handoff child gone (%s); building the payload here", gone)
+        return await self._build_payload(reason)
+
     async def _handoff_failed(self, message: str) -> SessionResult:
         """No successor can start: end with the full state, nothing dropped."""
         self._link.handle = None
@@ -760,6 +788,18 @@ class AgentSessionWorkflow:
             )
         )
         return await self._finish(TerminationReason.HANDOFF_FAILED, message, final=False)
+
+    async def _cancelled(self) -> SessionResult:
+        if self._closing is not None:
+            reason, message, final = self._closing
+        else:
+            reason, message, final = (
+                TerminationReason.USER_ABORT, "cancelled (Temporal cancel request)", True
+            )
+            self._book.abort = AbortArgs(reason=message)
+        self._link.drop()  # a child awaited at the cancel was cancelled with it
+        self._closing = None
+        return await self._finish(reason, message, final=final)
 
     def _drain_inbox(self) -> None:
         """Apply the commands that waited for a successor that will not come."""
@@ -782,6 +822,7 @@ class AgentSessionWorkflow:
         self, reason: TerminationReason, message: str, final: bool = True
     ) -> SessionResult:
         book = self._book
+        self._closing = (reason, message, final)
         if book.inbox:
             self._drain_inbox()
         # From here on updates are refused and signals ignored, so what the result
@@ -817,11 +858,31 @@ class AgentSessionWorkflow:
         None if it cannot be built (the state is still in the result)."""
         book = self._book
         if self._link.started:
-            await self._link.send_delta(book.events)
             try:
+                await self._link.send_delta(book.events)
                 return await self._link.seal(self._seal_request(reason))
-            except ChildWorkflowError:
-                self._link.handle = None
+            except (ChildGone, ChildWorkflowError):
+                self._link.drop()
+        try:
+            return await self._build_payload(reason)
+        except ActivityError as err:
+            cause = err.cause
+            text = cause.message if isinstance(cause, ApplicationError) else str(err)
+            book.try_record(
+                StateEvent(
+                    op="record_error", args={"source": "handoff", "message": text or "failed"},
+                    at=workflow.now(), by="system",
+                )
+            )
+            return None
+
+    async def _build_payload(self, reason: TerminationReason) -> HandoffPayload:
+        """Build the payload in this run (`build_handoff` activity), without a child.
+
+        Raises:
+            ActivityError: it cannot be built (e.g. over `max_payload_bytes`).
+        """
+        book = self._book
         info = workflow.info()
         ctx = HandoffContext(
             session_id=info.workflow_id,
@@ -835,32 +896,21 @@ class AgentSessionWorkflow:
             recent_human_input=book.recent_human[-10:],
             paused_seconds=self._longest_pause,
         )
-        try:
-            return await workflow.execute_activity(
-                "build_handoff",
-                {
-                    "state": book.state.model_dump(mode="json"),
-                    "context": ctx.model_dump(mode="json"),
-                    "level": self._cfg.compression_level.value,
-                    "budgets": {k.value: v for k, v in self._cfg.level_budgets.items()},
-                    "calibration": self._ledger.calibration,
-                    "max_payload_bytes": self._cfg.max_payload_bytes,
-                },
-                result_type=HandoffPayload,
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=RetryPolicy(maximum_attempts=5),
-                summary=f"final handoff document ({reason.value})",
-            )
-        except ActivityError as err:
-            cause = err.cause
-            text = cause.message if isinstance(cause, ApplicationError) else str(err)
-            book.try_record(
-                StateEvent(
-                    op="record_error", args={"source": "handoff", "message": text or "failed"},
-                    at=workflow.now(), by="system",
-                )
-            )
-            return None
+        return await workflow.execute_activity(
+            "build_handoff",
+            {
+                "state": book.state.model_dump(mode="json"),
+                "context": ctx.model_dump(mode="json"),
+                "level": self._cfg.compression_level.value,
+                "budgets": {k.value: v for k, v in self._cfg.level_budgets.items()},
+                "calibration": self._ledger.calibration,
+                "max_payload_bytes": self._cfg.max_payload_bytes,
+            },
+            result_type=HandoffPayload,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+            summary=f"handoff document ({reason.value})",
+        )
 
     # ---------------------------------------------------------------- visibility
     async def _notified(self) -> None:
