@@ -34,6 +34,7 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from temporal_handoff.activities.child_activity import handoff_child_owner
 from temporal_handoff.activities.handoff_activity import build_handoff
 from temporal_handoff.activities.model_activity import ModelActivities
 from temporal_handoff.activities.notify_activity import Notifier, NotifyActivities
@@ -174,6 +175,7 @@ class HandoffPlugin(SimplePlugin):
                 estimate_tokens,
                 build_handoff,
                 recall,
+                handoff_child_owner,
                 notify.notify,
                 *[_tool_activity(t) for t in tools],
             ],

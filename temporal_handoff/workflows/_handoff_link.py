@@ -13,10 +13,11 @@ the session builds the payload itself instead (`build_handoff` activity).
 
 from __future__ import annotations
 
-import asyncio
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ApplicationError,
     ChildWorkflowError,
@@ -50,6 +51,8 @@ class HandoffLink:
         self.sent = 0
         """Events (of the book's list) the child has or will get from signals in flight."""
         self.deltas = 0
+        self._owned = False
+        """Checked (after a reset) that the child reports to this run."""
 
     @property
     def started(self) -> bool:
@@ -57,6 +60,32 @@ class HandoffLink:
 
     def drop(self) -> None:
         self.handle = None
+
+    async def _check_owned(self) -> None:
+        """In a run made by `temporal workflow reset`, make sure the child reports to
+        this run (one `handoff_child_owner` activity per run); else it is gone.
+
+        Raises:
+            ChildGone: the child belongs to the run that was reset away.
+        """
+        info = workflow.info()
+        if self._owned or info.run_id == info.original_execution_run_id:
+            return
+        if not workflow.patched("reset-safe-child-1"):
+            return
+        assert self.handle is not None
+        owner = await workflow.execute_activity(
+            "handoff_child_owner",
+            self.handle.id,
+            result_type=str,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+            summary="is the handoff child ours (after a reset)?",
+        )
+        if owner != info.run_id:
+            await self._abandon()
+            raise ChildGone(f"the handoff child reports to run {owner or '(none)'}, not this run")
+        self._owned = True
 
     async def start(self, inp: HandoffInput, child_id: str, events: list[StateEvent]) -> None:
         """Start the child with a snapshot; `inp.events_since_last_handoff` is `events` now.
@@ -109,6 +138,7 @@ class HandoffLink:
         new = events[self.sent :]
         if not new:
             return
+        await self._check_owned()
         fixed = workflow.patched("handoff-cursor-1")
         if fixed:
             self.sent = len(events)
@@ -116,7 +146,7 @@ class HandoffLink:
         try:
             await self.handle.signal("delta", HandoffDelta(events=new, seq=self.deltas))
         except FailureError as err:
-            self.handle = None
+            await self._abandon()
             raise ChildGone(str(err)) from err
         if not fixed:
             self.sent = len(events)
@@ -135,6 +165,7 @@ class HandoffLink:
             ChildGone: the child vanished (closed, terminated, reset away).
         """
         assert self.handle is not None
+        await self._check_owned()
         handle = self.handle
         try:
             await handle.signal("seal", req)
@@ -145,19 +176,22 @@ class HandoffLink:
                 raise
             raise ChildGone(str(err)) from err
         except FailureError as err:
-            self.handle = None
+            await self._abandon()
             raise ChildGone(str(err)) from err
 
     async def cancel(self) -> None:
-        """Cancel a child that is no longer needed and wait for it to close."""
-        if self.handle is None:
-            return
-        self.handle.cancel()
-        try:
-            await self.handle
-        except (FailureError, asyncio.CancelledError):
-            pass
-        self.handle = None
+        """Cancel a child that is no longer needed.
+
+        By id, not through the child handle: after a reset the child still runs but
+        belongs to the old run, so a cancel through the handle is NOT_FOUND and its
+        result would never arrive here. Its own cancellation closes it."""
+        await self._abandon()
+
+    async def _abandon(self) -> None:
+        if self.handle is not None:
+            child_id = self.handle.id
+            self.handle = None
+            await _cancel_stale(child_id)
 
 
 async def _cancel_stale(child_id: str) -> None:

@@ -22,7 +22,12 @@ from typing import Any
 from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.config import TURN_RESERVE_TOKENS
@@ -286,15 +291,13 @@ class AgentSessionWorkflow:
         self._upsert_visibility(inp.handoff)
         try:
             try:
-                return await self._turns()
-            except _Handoff as h:
-                return await self._handoff(h.reason)
-            except _Stop as s:
-                return await self._finish(s.reason, s.message, final=False)
-            except asyncio.CancelledError:
+                return await self._generation_run()
+            except (asyncio.CancelledError, ActivityError, ChildWorkflowError) as err:
                 # `temporal workflow cancel` (or the UI's Cancel) is an abort: the session
-                # closes with its state and a final document, whenever it arrives.
-                if not workflow.patched("cancel-is-abort-1"):
+                # closes with its state and a final document, whenever it arrives. It
+                # surfaces as CancelledError, or as the failure of the activity or child
+                # that was awaited when it came.
+                if not _is_cancellation(err) or not workflow.patched("cancel-is-abort-1"):
                     raise
                 return await self._cancelled()
         except _BUGS as err:
@@ -306,6 +309,15 @@ class AgentSessionWorkflow:
                 type="SessionWorkflowError",
                 non_retryable=True,
             ) from err
+
+    async def _generation_run(self) -> SessionResult:
+        """Turns until this generation hands off or the session closes."""
+        try:
+            return await self._turns()
+        except _Handoff as h:
+            return await self._handoff(h.reason)
+        except _Stop as s:
+            return await self._finish(s.reason, s.message, final=False)
 
     def _system(self, handoff: HandoffPayload | None) -> list[dict[str, Any]]:
         text = self._cfg.system_prompt
@@ -936,6 +948,14 @@ class AgentSessionWorkflow:
         vis.upsert(
             self._cfg, self._generation, self._lifecycle, self._ledger, self._book.state, payload
         )
+
+
+def _is_cancellation(err: BaseException) -> bool:
+    if isinstance(err, asyncio.CancelledError):
+        return True
+    return isinstance(err, (ActivityError, ChildWorkflowError)) and isinstance(
+        err.cause, CancelledError
+    )
 
 
 def _root_message(err: BaseException) -> str:
