@@ -34,6 +34,7 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("turn_overhead", ["--profile"]),
     ("concurrency", ["--profile"]),
     ("handoff_size", []),
+    ("soak", []),
 ]
 
 
@@ -133,6 +134,18 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[list[str]]:
             f"{eff:.2f} ({c.get('turns_per_s')} of {c.get('ideal_turns_per_s')} turns/s)",
             eff >= 0.8, "" if eff >= 0.8 else f"{0.8 - eff:.2f} short ({pct_over(eff, 0.8)})")
         add("worker RSS (peak)", "reported", f"{c.get('rss_mb')} MB", None)
+    s = r.get("soak", {})
+    if s:
+        n = s.get("sessions")
+        add(f"soak: {n} sessions with random commands, stuck", "0", str(s.get("stuck")),
+            s.get("stuck") == 0, f"{s.get('handoffs')} handoffs, ≥ {s.get('min_handoffs')} per session not stuck")
+        lost, doubled = s.get("lost"), s.get("doubled")
+        add("soak: commands lost / doubled", "0 / 0", f"{lost} / {doubled}",
+            lost == 0 and doubled == 0 and s.get("wrongly_applied") == 0,
+            f"{s.get('commands_accepted')} of {s.get('commands_sent')} commands accepted")
+        pct = s.get("max_can_input_pct_of_2mib", 0.0)
+        add("soak: largest continue-as-new input", "< 25% of 2 MiB",
+            f"{s.get('max_can_input_bytes', 0):,} B ({pct:.2f}%)", pct < 25)
     k = r.get("tokens", {})
     if k:
         add("token estimate throughput", "reported", f"{k.get('mb_per_s')} MB/s", None)
@@ -271,6 +284,14 @@ def notes(r: dict[str, dict[str, Any]]) -> str:
                 parts[-1] += f"\n\nWorker profile, {v} (py-spy, `{prof['file']}`):\n\n" + categories_md(
                     prof.get("categories", [])
                 )
+    s = r.get("soak", {})
+    if s.get("stuck") or s.get("lost") or s.get("doubled"):
+        parts.append(
+            f"### Soak: {s.get('stuck')} of {s.get('sessions')} sessions stuck, "
+            f"{s.get('lost')} commands lost, {s.get('doubled')} doubled\n\n"
+            + md_table(["sessions", "cause"], [[x["count"], x["reason"]] for x in s.get("stuck_reasons", [])])
+            + "".join(f"\n\n* {p}" for p in s.get("ledger_problems", []))
+        )
     return "\n\n".join(parts) if parts else "All targets met in this run."
 
 

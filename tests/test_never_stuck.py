@@ -930,3 +930,30 @@ async def test_say_bigger_than_the_window_tells_the_sender(client: Client, task_
             result = await result_of(handle)
     assert result.reason == TerminationReason.TASK_COMPLETED
     await assert_no_task_failures(handle)
+
+
+# ------------------------------------------------------------------ a retried update, twice
+async def test_an_update_retried_with_its_id_after_a_handoff_applies_once(
+    client: Client, task_queue: str
+) -> None:
+    """A client that lost the answer retries with the same update id; the successor run
+    (which the server's own dedup does not cover) answers it without applying it again."""
+    with FakeAnthropicServer(brain=ScriptedAgentBrain()) as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            handle = await start(client, task_queue, synthetic_project(8, 1), paused=True)
+            await wait_status(handle, lambda s: s.lifecycle == LifecycleState.PAUSED, "paused")
+            first = await handle.execute_update(
+                "say", SayArgs(text="marker-once"), id="say-fixed-id", result_type=str
+            )
+            await handle.signal("flush")
+            await handle.signal("resume")
+            await wait_status(handle, lambda s: s.generation >= 1, "the successor")
+            await handle.signal("pause")
+            again = await handle.execute_update(
+                "say", SayArgs(text="marker-once"), id="say-fixed-id", result_type=str
+            )
+            assert again == first
+            await handle.signal("resume")
+            result = await result_of(handle)
+    assert result.project.human_messages.count("marker-once") == 1
+    await assert_no_task_failures(handle)

@@ -98,6 +98,9 @@ class SessionInput(BaseModel):
     announce_handoff: bool = False
     """The successor sends the HANDOFF notification (off the handoff's critical path)."""
     started_at: datetime | None = None
+    update_replies: dict[str, str] = Field(default_factory=dict)
+    """Replies to the most recent updates by update id: a client that retries an update
+    with the same id after the run changed gets the first reply, not a second apply."""
 
 
 class Health(BaseModel):

@@ -12,6 +12,8 @@ from enum import Enum
 from temporal_handoff.schemas.project import EventError, ProjectState, StateEvent, apply_event
 from temporal_handoff.schemas.session import AbortArgs, Command, Health
 
+REMEMBERED_UPDATES = 200
+
 
 class Phase(str, Enum):
     RUNNING = "running"
@@ -42,6 +44,13 @@ class SessionBook:
     """Commands accepted while sealing, applied by the successor."""
     phase: Phase = Phase.RUNNING
     closing_reason: str = ""
+    update_replies: dict[str, str] = field(default_factory=dict)
+    """Reply per update id (the newest `REMEMBERED_UPDATES`), carried across runs."""
+
+    def remember_reply(self, update_id: str, reply: str) -> None:
+        self.update_replies[update_id] = reply[:300]
+        while len(self.update_replies) > REMEMBERED_UPDATES:
+            del self.update_replies[next(iter(self.update_replies))]
 
     def record(self, event: StateEvent) -> str:
         """Apply an event to the state and remember it for the handoff child.

@@ -112,6 +112,7 @@ class AgentSessionWorkflow:
             health=Health(**{k: v for k, v in inp.health.items() if k in Health.model_fields}),
             paused=inp.paused,
             pending_say=list(inp.pending_human_text),
+            update_replies=dict(inp.update_replies),
         )
         self._link = HandoffLink()
         self._messages: list[dict[str, Any]] = []
@@ -135,6 +136,8 @@ class AgentSessionWorkflow:
         return Command(kind=kind, args=data, at=workflow.now(), by=getattr(args, "by", by))
 
     def _validate(self, kind: CommandKind, args: Any) -> None:
+        if self._repeated_update() is not None:
+            return  # answered with the first reply; applied once
         reason = commands.rejection(
             self._book,
             Command(kind=kind, args=args.model_dump(), by=args.by),
@@ -145,9 +148,22 @@ class AgentSessionWorkflow:
             raise ValueError(reason)
 
     def _accept(self, cmd: Command) -> str:
+        repeated = self._repeated_update()
+        if repeated is not None:
+            return repeated
         reply = commands.accept(self._book, cmd)
         self._log_unapplied(cmd, reply)
+        update = workflow.current_update_info()
+        if update is not None:
+            self._book.remember_reply(update.id, reply)
         return reply
+
+    def _repeated_update(self) -> str | None:
+        """The first reply if this update id was applied already (a client retry)."""
+        update = workflow.current_update_info()
+        if update is None:
+            return None
+        return self._book.update_replies.get(update.id)
 
     @staticmethod
     def _log_unapplied(cmd: Command, reply: str) -> None:
@@ -762,6 +778,7 @@ class AgentSessionWorkflow:
             started_at=self._started,
             handoff_reason=reason,
             announce_handoff=fast,
+            update_replies=dict(book.update_replies),
         )
         size = self._measure(nxt)
         if size > self._cfg.max_carry_bytes:
