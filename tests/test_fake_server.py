@@ -288,18 +288,24 @@ async def test_many_concurrent_requests_with_latency(server: FakeAnthropicServer
         async with anthropic.AsyncAnthropic(
             base_url=server.base_url, api_key="test", max_retries=0, timeout=20
         ) as c:
-            started = time.monotonic()
-            replies = await asyncio.gather(
-                *(
-                    c.messages.create(model=MODEL, max_tokens=10, messages=user(f"req {i}"))
-                    for i in range(200)
+            ends: list[float] = []
+
+            async def one(i: int) -> object:
+                reply = await c.messages.create(
+                    model=MODEL, max_tokens=10, messages=user(f"req {i}")
                 )
-            )
-            elapsed = time.monotonic() - started
+                ends.append(time.time())
+                return reply
+
+            replies = await asyncio.gather(*(one(i) for i in range(200)))
     finally:
         server.latency_s = 0.0
-    assert len(replies) == 200 and len(server.message_requests()) == 200
-    assert 0.5 <= elapsed < 4.0  # concurrent, not serialized (serial would be 100 s)
+    requests = server.message_requests()
+    assert len(replies) == 200 and len(requests) == 200
+    # Concurrent, not serialized: most requests had reached the server before the first
+    # answer came back (an ordering fact, not a wall-clock bound: it holds under load).
+    arrived_together = sum(1 for r in requests if r.t < min(ends))
+    assert arrived_together >= 100, arrived_together
 
 
 async def test_api_key_enforced() -> None:
