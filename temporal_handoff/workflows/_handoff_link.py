@@ -13,6 +13,7 @@ the session builds the payload itself instead (`build_handoff` activity).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -184,8 +185,17 @@ class HandoffLink:
 
         By id, not through the child handle: after a reset the child still runs but
         belongs to the old run, so a cancel through the handle is NOT_FOUND and its
-        result would never arrive here. Its own cancellation closes it."""
-        await self._abandon()
+        result would never arrive here. Its own cancellation closes it. Sessions
+        recorded before replay the old way (through the handle, awaiting it)."""
+        if self.handle is None or workflow.patched("cancel-child-by-id-1"):
+            await self._abandon()
+            return
+        handle, self.handle = self.handle, None
+        handle.cancel()
+        try:
+            await handle
+        except (FailureError, asyncio.CancelledError):
+            pass
 
     async def _abandon(self) -> None:
         if self.handle is not None:

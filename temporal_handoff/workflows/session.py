@@ -749,6 +749,8 @@ class AgentSessionWorkflow:
         try:
             payload = await self._sealed_payload(reason, fast)
         except (ChildWorkflowError, ActivityError) as err:
+            if _is_cancellation(err):
+                raise  # a Temporal cancel (abort), handled by run()
             if critical is not None:
                 await critical
             return await self._handoff_failed(_root_message(err))
@@ -760,6 +762,10 @@ class AgentSessionWorkflow:
         self._upsert_visibility(payload)
         await self._notified()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if workflow.cancellation_reason() is not None and workflow.patched("cancel-is-abort-1"):
+            # The cancel was absorbed by the child we awaited (it finished anyway): still
+            # an abort, never a continue-as-new.
+            return await self._cancelled()
         nxt = SessionInput(
             config=self._cfg,
             project=book.state,
