@@ -459,6 +459,8 @@ def apply_event(state: ProjectState, event: StateEvent) -> str:
         task = state.tasks[args.task_id]
         if task.status == TaskStatus.COMPLETED:
             raise EventError(f"{task.id}: already completed")
+        if task.status == TaskStatus.SKIPPED:
+            raise EventError(f"{task.id}: skipped by a human; it needs retry_task first")
         task.status = TaskStatus.FAILED
         task.error = args.error
         task.attempts += 1

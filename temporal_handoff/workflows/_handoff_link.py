@@ -187,8 +187,19 @@ class HandoffLink:
         belongs to the old run, so a cancel through the handle is NOT_FOUND and its
         result would never arrive here. Its own cancellation closes it. Sessions
         recorded before replay the old way (through the handle, awaiting it)."""
-        if self.handle is None or workflow.patched("cancel-child-by-id-1"):
+        if self.handle is None:
+            return
+        if workflow.patched("cancel-child-by-id-1"):
+            handle = self.handle
             await self._abandon()
+            info = workflow.info()
+            if self._owned or info.run_id == info.original_execution_run_id:
+                # Ours: wait until it closed, so this run does not close (and
+                # terminate it mid-task) while it handles the cancel.
+                try:
+                    await handle
+                except (FailureError, asyncio.CancelledError):
+                    pass
             return
         handle, self.handle = self.handle, None
         handle.cancel()
