@@ -832,7 +832,9 @@ class AgentSessionWorkflow:
                 TerminationReason.USER_ABORT, "cancelled (Temporal cancel request)", True
             )
             self._book.abort = AbortArgs(reason=message)
-        self._link.drop()  # a child awaited at the cancel was cancelled with it
+        # The document is built here: a child awaited when the cancel came was cancelled
+        # with it, and one that was not is cancelled now (and waited for).
+        await self._link.cancel()
         self._closing = None
         return await self._finish(reason, message, final=final)
 
