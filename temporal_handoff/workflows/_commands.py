@@ -25,6 +25,7 @@ from temporal_handoff.schemas.project import (
     ProjectState,
     StateEvent,
     apply_event,
+    check_event,
 )
 from temporal_handoff.schemas.session import (
     AbortArgs,
@@ -139,8 +140,15 @@ def rejection(
             return f"blocker {bid!r} is already resolved"
     if not events:
         return None
-    # The same events the handler will record, on a copy of the projected state.
+    # The same events the handler will record, judged on the projected state (one event:
+    # `check_event` changes nothing; several: applied in order to a copy).
     state = projected_state(book)
+    if len(events) == 1:
+        try:
+            check_event(state, events[0])
+        except EventError as err:
+            return str(err)
+        return None
     if state is book.state:
         state = state.model_copy(deep=True)
     return _apply_all(state, events)

@@ -8,16 +8,14 @@ continue-as-new. It then builds the payload in an activity and returns it.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.events import HandoffDelta, HandoffInput, SealRequest
     from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload
     from temporal_handoff.schemas.project import EventError, StateEvent, apply_event
+    from temporal_handoff.workflows._handoff_link import build_payload
 
 
 @workflow.defn(name="HandoffWorkflow")
@@ -84,19 +82,8 @@ class HandoffWorkflow:
         workflow.set_current_details(
             f"sealed ({seal.reason.value}); {len(self._events)} events since last handoff"
         )
-        payload = await workflow.execute_activity(
-            "build_handoff",
-            {
-                "state": self._state.model_dump(mode="json"),
-                "context": context.model_dump(mode="json"),
-                "level": inp.level.value,
-                "budgets": {k.value: v for k, v in inp.budgets.items()},
-                "calibration": seal.ledger.calibration,
-                "max_payload_bytes": inp.max_payload_bytes,
-            },
-            result_type=HandoffPayload,
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=5),
+        payload = await build_payload(
+            self._state, context, inp.level, inp.budgets, inp.max_payload_bytes,
             summary=f"handoff payload gen {inp.generation} ({inp.level.value})",
         )
         if self._skipped:

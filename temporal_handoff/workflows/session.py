@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.workflows import _model_turn as turn_io
     from temporal_handoff.workflows import _visibility as vis
     from temporal_handoff.workflows._book import Phase, SessionBook
-    from temporal_handoff.workflows._handoff_link import ChildGone, HandoffLink
+    from temporal_handoff.workflows._handoff_link import ChildGone, HandoffLink, build_payload
 
 
 def eligible_line(ids: list[str]) -> str:
@@ -933,20 +933,9 @@ class AgentSessionWorkflow:
             recent_human_input=book.recent_human[-10:],
             paused_seconds=self._longest_pause,
         )
-        return await workflow.execute_activity(
-            "build_handoff",
-            {
-                "state": book.state.model_dump(mode="json"),
-                "context": ctx.model_dump(mode="json"),
-                "level": self._cfg.compression_level.value,
-                "budgets": {k.value: v for k, v in self._cfg.level_budgets.items()},
-                "calibration": self._ledger.calibration,
-                "max_payload_bytes": self._cfg.max_payload_bytes,
-            },
-            result_type=HandoffPayload,
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=5),
-            summary=f"handoff document ({reason.value})",
+        return await build_payload(
+            book.state, ctx, self._cfg.compression_level, self._cfg.level_budgets,
+            self._cfg.max_payload_bytes, summary=f"handoff document ({reason.value})",
         )
 
     # ---------------------------------------------------------------- visibility
