@@ -139,6 +139,8 @@ class SessionStatus(BaseModel):
     inbox: int = 0
     health: Health = Field(default_factory=Health)
     model: str = ""
+    rejected_commands: list[str] = Field(default_factory=list)
+    """Signals this run could not apply, and why (newest last)."""
 
 
 class SessionResult(BaseModel):

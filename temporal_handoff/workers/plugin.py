@@ -47,6 +47,10 @@ from temporal_handoff.workers.search_attributes import (
     SearchAttributesMissing,
     ensure_search_attributes,
 )
+from temporal_handoff.workers.tolerant_converter import (
+    HandoffPayloadConverter,
+    TolerantDataConverter,
+)
 from temporal_handoff.workflows.handoff import HandoffWorkflow
 from temporal_handoff.workflows.session import AgentSessionWorkflow
 
@@ -90,8 +94,8 @@ def _data_converter(
     codec: PayloadCodec | None = None,
 ) -> DataConverter:
     base = existing or DataConverter.default
-    if base.payload_converter_class is DefaultPayloadConverter:
-        base = dataclasses.replace(base, payload_converter_class=PydanticPayloadConverter)
+    if base.payload_converter_class in (DefaultPayloadConverter, PydanticPayloadConverter):
+        base = dataclasses.replace(base, payload_converter_class=HandoffPayloadConverter)
     if storage is not None and base.external_storage is None:
         # A user's own external storage wins; ours only fills the gap.
         base = dataclasses.replace(base, external_storage=storage)
@@ -103,6 +107,10 @@ def _data_converter(
             base = dataclasses.replace(
                 base, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
             )
+    if type(base) is DataConverter:
+        # An unreadable payload (crafted signal, unknown key id, forged storage
+        # reference) becomes a marker instead of failing every workflow task.
+        base = TolerantDataConverter.from_converter(base)
     return base
 
 

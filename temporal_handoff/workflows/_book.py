@@ -13,6 +13,7 @@ from temporal_handoff.schemas.project import EventError, ProjectState, StateEven
 from temporal_handoff.schemas.session import AbortArgs, Command, Health
 
 REMEMBERED_UPDATES = 200
+REMEMBERED_REJECTIONS = 20
 
 
 class Phase(str, Enum):
@@ -46,6 +47,12 @@ class SessionBook:
     closing_reason: str = ""
     update_replies: dict[str, str] = field(default_factory=dict)
     """Reply per update id (the newest `REMEMBERED_UPDATES`), carried across runs."""
+    rejected: list[str] = field(default_factory=list)
+    """Signals this run could not apply and why (the newest `REMEMBERED_REJECTIONS`)."""
+
+    def remember_rejection(self, reason: str) -> None:
+        self.rejected.append(reason[:1000])
+        del self.rejected[:-REMEMBERED_REJECTIONS]
 
     def remember_reply(self, update_id: str, reply: str) -> None:
         self.update_replies[update_id] = reply[:300]

@@ -16,12 +16,12 @@ and `_visibility` (details, memo, search attributes, notifications).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -47,16 +47,14 @@ with workflow.unsafe.imports_passed_through():
         AbortArgs,
         Command,
         CommandKind,
-        DecideArgs,
         Health,
-        SayArgs,
         SessionInput,
         SessionResult,
         SessionStatus,
-        TaskCommandArgs,
     )
     from temporal_handoff.schemas.tokens import TokenLedger
     from temporal_handoff.schemas.tools import STATE_TOOLS, state_tool_specs
+    from temporal_handoff.workflows import _command_input as command_input
     from temporal_handoff.workflows import _commands as commands
     from temporal_handoff.workflows import _model_turn as turn_io
     from temporal_handoff.workflows import _visibility as vis
@@ -170,63 +168,99 @@ class AgentSessionWorkflow:
         if reply.startswith(("ignored", "not applied")):
             workflow.logger.warning("%s: %s", cmd.kind.value, reply)
 
+    # Every handler takes untyped input and reads it with `_command_input.parse`, so a
+    # command sent the wrong way (plain `temporal` CLI, bad JSON, undecodable payload)
+    # gets a reason naming the field instead of being dropped or failing a task.
+    def _update(self, kind: CommandKind, raw: tuple[Any, ...]) -> str:
+        return self._accept(self._command(kind, command_input.parse(kind, raw)))
+
+    def _validate_input(self, kind: CommandKind, raw: tuple[Any, ...]) -> None:
+        if self._repeated_update() is not None:
+            return  # answered with the first reply; applied once
+        self._validate(kind, command_input.parse(kind, raw))
+
     @workflow.update(name="decide")
-    def decide(self, args: DecideArgs) -> str:
-        return self._accept(self._command(CommandKind.DECIDE, args))
+    def decide(self, *raw: Any) -> str:
+        """`DecideArgs`: answer a blocker."""
+        return self._update(CommandKind.DECIDE, raw)
 
     @decide.validator
-    def _validate_decide(self, args: DecideArgs) -> None:
-        self._validate(CommandKind.DECIDE, args)
+    def _validate_decide(self, *raw: Any) -> None:
+        self._validate_input(CommandKind.DECIDE, raw)
 
     @workflow.update(name="skip_task")
-    def skip_task(self, args: TaskCommandArgs) -> str:
-        return self._accept(self._command(CommandKind.SKIP, args))
+    def skip_task(self, *raw: Any) -> str:
+        """`TaskCommandArgs`: mark a task skipped."""
+        return self._update(CommandKind.SKIP, raw)
 
     @skip_task.validator
-    def _validate_skip(self, args: TaskCommandArgs) -> None:
-        self._validate(CommandKind.SKIP, args)
+    def _validate_skip(self, *raw: Any) -> None:
+        self._validate_input(CommandKind.SKIP, raw)
 
     @workflow.update(name="retry_task")
-    def retry_task(self, args: TaskCommandArgs) -> str:
-        return self._accept(self._command(CommandKind.RETRY, args))
+    def retry_task(self, *raw: Any) -> str:
+        """`TaskCommandArgs`: make a failed or skipped task eligible again."""
+        return self._update(CommandKind.RETRY, raw)
 
     @retry_task.validator
-    def _validate_retry(self, args: TaskCommandArgs) -> None:
-        self._validate(CommandKind.RETRY, args)
+    def _validate_retry(self, *raw: Any) -> None:
+        self._validate_input(CommandKind.RETRY, raw)
 
     @workflow.update(name="say")
-    def say(self, args: SayArgs) -> str:
-        return self._accept(self._command(CommandKind.SAY, args))
+    def say(self, *raw: Any) -> str:
+        """`SayArgs` (or a bare string): a message for the model's next turn."""
+        return self._update(CommandKind.SAY, raw)
 
     @say.validator
-    def _validate_say(self, args: SayArgs) -> None:
-        self._validate(CommandKind.SAY, args)
+    def _validate_say(self, *raw: Any) -> None:
+        self._validate_input(CommandKind.SAY, raw)
+
+    @workflow.update(dynamic=True)
+    def _unknown_update(self, name: str, args: Sequence[RawValue]) -> str:
+        raise ApplicationError(command_input.wrong_kind(name), non_retryable=True)
+
+    @_unknown_update.validator
+    def _validate_unknown_update(self, name: str, args: Sequence[RawValue]) -> None:
+        raise ValueError(command_input.wrong_kind(name))
+
+    def _signal(self, kind: CommandKind, raw: tuple[Any, ...]) -> None:
+        try:
+            args = command_input.parse(kind, raw)
+        except command_input.BadInput as err:
+            self._reject_signal(str(err))
+            return
+        self._accept(self._command(kind, args))
+
+    def _reject_signal(self, reason: str) -> None:
+        """A signal cannot be refused: log it, and show it (memo, `status`)."""
+        workflow.logger.warning("signal rejected: %s", reason)
+        if workflow.patched("visible-rejections-1"):
+            self._book.remember_rejection(reason)
+            workflow.upsert_memo({"last_rejected_command": reason[:1000]})
 
     @workflow.signal(name="pause")
-    def pause(self) -> None:
-        self._accept(self._command(CommandKind.PAUSE))
+    def pause(self, *raw: Any) -> None:
+        """Pause after the current turn (no input)."""
+        self._signal(CommandKind.PAUSE, raw)
 
     @workflow.signal(name="resume")
-    def resume(self) -> None:
-        self._accept(self._command(CommandKind.RESUME))
+    def resume(self, *raw: Any) -> None:
+        """Resume a paused session (no input)."""
+        self._signal(CommandKind.RESUME, raw)
 
     @workflow.signal(name="flush")
-    def flush(self) -> None:
-        self._accept(self._command(CommandKind.FLUSH))
+    def flush(self, *raw: Any) -> None:
+        """Hand off now (no input)."""
+        self._signal(CommandKind.FLUSH, raw)
 
     @workflow.signal(name="abort")
     def abort(self, *raw: Any) -> None:
-        # Validated by hand: a signal cannot be rejected, so a malformed one (wrong
-        # type, extra arguments) is logged and dropped instead of failing the task.
-        if len(raw) > 1:
-            workflow.logger.warning("abort: dropped, expected at most one argument")
-            return
-        try:
-            args = AbortArgs.model_validate(raw[0]) if raw and raw[0] is not None else AbortArgs()
-        except ValidationError as err:
-            workflow.logger.warning("abort: dropped malformed arguments: %s", err.errors()[0]["msg"])
-            return
-        self._accept(Command(kind=CommandKind.ABORT, args=args.model_dump(), at=workflow.now()))
+        """`AbortArgs` (or a bare string reason, or nothing): end with a final document."""
+        self._signal(CommandKind.ABORT, raw)
+
+    @workflow.signal(dynamic=True)
+    def _unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        self._reject_signal(command_input.wrong_kind(name))
 
     @workflow.query(name="status")
     def status(self) -> SessionStatus:
@@ -258,6 +292,7 @@ class AgentSessionWorkflow:
             inbox=len(book.inbox),
             health=health,
             model=self._model,
+            rejected_commands=list(book.rejected),
         )
 
     @workflow.query(name="project")
