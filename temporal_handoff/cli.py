@@ -402,10 +402,12 @@ def status(
             f"[bold]{st.session_id}[/] gen {st.generation} · {st.lifecycle.value} · "
             f"context {st.context_pct:.1f}% of {st.context_window:,} · "
             f"tasks {st.tasks_done}/{st.tasks_total} · tokens {st.total_tokens:,} "
-            f"(${st.cost_usd:.4f})"
+            f"(${st.cost_usd:.4f})" + (" · paused" if st.paused else "")
         )
         for b in st.open_blockers:
             console.print(f"  blocker {b['id']} ({b['type']}): {b['description']}")
+        for reason in st.rejected_commands[-3:]:
+            console.print(f"  rejected: {reason}", markup=False)
 
     run(go)
 
