@@ -29,8 +29,10 @@ from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.events import SealRequest
 from temporal_handoff.schemas.project import ProjectState, synthetic_project
 from temporal_handoff.schemas.session import (
+    Command,
     CommandKind,
     DecideArgs,
+    Health,
     SessionInput,
 )
 from temporal_handoff.schemas.tokens import TokenLedger
@@ -292,6 +294,21 @@ def test_human_input_rejects_unknown_fields_naming_them() -> None:
     with pytest.raises(ValidationError) as info:
         validate_human(SessionConfig, '{"user_tools": [{"name": "t", "colour": 1}]}')
     assert ("user_tools", 0, "colour") in [e["loc"] for e in info.value.errors()]
+
+
+def test_a_queued_command_from_a_newer_worker_still_applies() -> None:
+    """A command queued during a handoff by a newer worker (its arguments carry a field
+    this version does not know) is applied by this version's successor, not dropped."""
+    from temporal_handoff.workflows import _commands
+    from temporal_handoff.workflows._book import SessionBook
+
+    book = SessionBook(state=synthetic_project(3, 1), generation=1, health=Health())
+    cmd = Command.model_validate(
+        {"kind": "skip_task", "args": {"task_id": "P1-T001", "by": "ann", "urgency": "high"}}
+    )
+    reply = _commands.apply(book, cmd)
+    assert not reply.startswith("not applied"), reply
+    assert book.state.tasks["P1-T001"].status.value == "skipped"
 
 
 def test_walker_sees_through_unions_and_containers() -> None:
