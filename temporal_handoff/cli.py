@@ -30,6 +30,7 @@ from temporalio.client import (
 from temporalio.service import RPCStatusCode
 
 from temporal_handoff.commands import send_update
+from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.project import (
     ProjectState,
@@ -230,7 +231,7 @@ def _load_project(path: Path | None, tasks: int, phases: int) -> ProjectState:
         return from_orchestrator(data)
     if "progress" in data or "completed_milestones" in data:
         return from_state_json(data)
-    return ProjectState.model_validate(data)
+    return validate_human(ProjectState, data)
 
 
 @app.command()
@@ -248,7 +249,7 @@ def start(
     """Start a session (or resume one that was aborted, with --resume-from)."""
 
     async def go() -> None:
-        cfg = SessionConfig.model_validate_json(config_json)
+        cfg = validate_human(SessionConfig, config_json)
         client = await connect(address, namespace)
         if resume_from:
             prev = await client.get_workflow_handle(resume_from, result_type=SessionResult).result()

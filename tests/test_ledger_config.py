@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import LifecycleState
 from temporal_handoff.schemas.tokens import TokenLedger, TokenUsage, fallback_context_window
@@ -89,9 +90,19 @@ def test_context_window_table() -> None:
     ],
 )
 def test_bad_config_names_the_field(kwargs: dict, field: str) -> None:
+    """As a human writes it (`handoff start --config`): every mistake names the field."""
     with pytest.raises(ValidationError) as info:
-        SessionConfig(**kwargs)
+        validate_human(SessionConfig, kwargs)
     assert field in str(info.value)
+    if field != "colour":
+        with pytest.raises(ValidationError, match=field):
+            SessionConfig(**kwargs)
+
+
+def test_config_decoded_from_a_payload_ignores_unknown_fields() -> None:
+    """A config carried in a newer worker's input keeps decoding on an older one."""
+    cfg = SessionConfig.model_validate({"colour": "blue", "max_generations": 3})
+    assert cfg.max_generations == 3 and "colour" not in cfg.model_dump()
 
 
 def test_good_config_defaults() -> None:

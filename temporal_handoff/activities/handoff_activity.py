@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from temporal_handoff.activities.tokenizer import count_tokens
+from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.handoff import (
     PAYLOAD_TOO_LARGE,
@@ -23,10 +24,8 @@ __all__ = ["BuildHandoffInput", "build_handoff", "render_payload", "PAYLOAD_TOO_
 """ApplicationError type raised when the serialized payload exceeds the cap."""
 
 
-class BuildHandoffInput(BaseModel):
+class BuildHandoffInput(DurableModel):
     """Input of the `build_handoff` activity."""
-
-    model_config = ConfigDict(extra="forbid")
 
     state: ProjectState
     context: HandoffContext

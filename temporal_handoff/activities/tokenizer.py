@@ -13,8 +13,10 @@ import math
 import threading
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from temporalio import activity
+
+from temporal_handoff.schemas.base import DurableModel
 
 __all__ = [
     "ENCODING_NAME",
@@ -56,19 +58,15 @@ def calibrated(raw: int, calibration: float = 1.0) -> int:
     return math.ceil(raw * calibration - 1e-9) if raw else 0
 
 
-class EstimateTokensRequest(BaseModel):
+class EstimateTokensRequest(DurableModel):
     """Input of the `estimate_tokens` activity."""
-
-    model_config = ConfigDict(extra="forbid")
 
     texts: list[str] = Field(default_factory=list)
     calibration: float = Field(default=1.0, gt=0)
 
 
-class EstimateTokensResult(BaseModel):
+class EstimateTokensResult(DurableModel):
     """Raw and calibrated counts per text, plus totals."""
-
-    model_config = ConfigDict(extra="forbid")
 
     raw: list[int] = Field(default_factory=list)
     calibrated: list[int] = Field(default_factory=list)

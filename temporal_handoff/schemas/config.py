@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.model_io import ToolSpec
 from temporal_handoff.schemas.tools import state_tool_specs
 
@@ -28,10 +29,12 @@ TURN_RESERVE_TOKENS = 500
 DEFAULT_LEVEL_BUDGETS: dict[str, int] = {"minimal": 500, "standard": 1200, "full": 2000}
 
 
-class SessionConfig(BaseModel):
-    """How one agent session runs. Every field is validated; errors name the field."""
+class SessionConfig(DurableModel):
+    """How one agent session runs. Every field is validated; errors name the field.
 
-    model_config = ConfigDict(extra="forbid")
+    Carried in every `SessionInput`, so unknown fields are ignored when decoded; where a
+    person writes it (`handoff start --config`) it is read with `validate_human`, and an
+    unknown field is an error naming it."""
 
     model: str = Field(default="claude-sonnet-4-6", min_length=1, max_length=128)
     """Model id for generation 0."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
 from temporal_handoff.schemas.handoff import RunRef
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
@@ -11,10 +12,8 @@ from temporal_handoff.schemas.project import ProjectState, StateEvent
 from temporal_handoff.schemas.tokens import TokenLedger
 
 
-class LifecycleEvent(BaseModel):
+class LifecycleEvent(DurableModel):
     """Input of the `notify` activity: WARNING, CRITICAL, HANDOFF, TERMINATED."""
-
-    model_config = ConfigDict(extra="forbid")
 
     session_id: str
     generation: int
@@ -27,10 +26,8 @@ class LifecycleEvent(BaseModel):
     summary: str = ""
 
 
-class HandoffInput(BaseModel):
+class HandoffInput(DurableModel):
     """Input of `HandoffWorkflow`: the state when the session entered WARNING."""
-
-    model_config = ConfigDict(extra="forbid")
 
     session_id: str
     generation: int
@@ -46,19 +43,15 @@ class HandoffInput(BaseModel):
     max_payload_bytes: int = 256 * 1024
 
 
-class HandoffDelta(BaseModel):
+class HandoffDelta(DurableModel):
     """Signal `delta`: events the session applied since the previous delta."""
-
-    model_config = ConfigDict(extra="forbid")
 
     events: list[StateEvent] = Field(default_factory=list)
     seq: int = 0
 
 
-class SealRequest(BaseModel):
+class SealRequest(DurableModel):
     """Signal `seal`: build the payload now."""
-
-    model_config = ConfigDict(extra="forbid")
 
     reason: TerminationReason
     ledger: TokenLedger
@@ -72,10 +65,8 @@ class SealRequest(BaseModel):
     """The last events, sent with the seal instead of a separate delta."""
 
 
-class RecallRequest(BaseModel):
+class RecallRequest(DurableModel):
     """Input of the `recall` activity (and the model's `recall` tool, plus session ids)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     session_id: str
     lineage: list[RunRef] = Field(default_factory=list)

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from temporal_handoff.schemas.base import DurableModel, validate_human
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import (
@@ -115,16 +116,10 @@ def approx_tokens(text: str) -> int:
     return math.ceil(len(text) / 3.5) if text else 0
 
 
-class _Strict(BaseModel):
-    # Unknown fields are rejected everywhere so a hand-edited or foreign document
-    # fails loudly with the offending field named, instead of being half-read.
-    model_config = ConfigDict(extra="forbid")
-
-
 # ---- context ----------------------------------------------------------------------
 
 
-class RunRef(_Strict):
+class RunRef(DurableModel):
     """One run (generation) of a session: what ``recall`` needs to find its history."""
 
     generation: int = Field(ge=0)
@@ -132,7 +127,7 @@ class RunRef(_Strict):
     run_id: str
 
 
-class HandoffContext(_Strict):
+class HandoffContext(DurableModel):
     """What the session knows besides the project state when it hands off."""
 
     session_id: str
@@ -164,7 +159,7 @@ class HandoffContext(_Strict):
 # ---- document sections --------------------------------------------------------------
 
 
-class AgentInfo(_Strict):
+class AgentInfo(DurableModel):
     """Who is handing off to whom, and why."""
 
     session_id: str
@@ -176,7 +171,7 @@ class AgentInfo(_Strict):
     template: str = "standard"
 
 
-class TokenSummary(_Strict):
+class TokenSummary(DurableModel):
     """Context occupancy at handoff and cumulative spend over all generations."""
 
     context_window: int = 0
@@ -194,7 +189,7 @@ class TokenSummary(_Strict):
     peak_prompt_tokens: int = 0
 
 
-class Progress(_Strict):
+class Progress(DurableModel):
     """Current phase and how far the plan has got."""
 
     current_phase: str | None = None
@@ -210,7 +205,7 @@ class Progress(_Strict):
     critical_path_length: int = 0
 
 
-class TaskItem(_Strict):
+class TaskItem(DurableModel):
     """A task reference: completed work or a next eligible task."""
 
     id: str
@@ -224,7 +219,7 @@ class TaskItem(_Strict):
     """For tasks still to do: the latest error recorded for it (a retry)."""
 
 
-class FailedTaskItem(_Strict):
+class FailedTaskItem(DurableModel):
     """A failed task: its current error and what was tried before."""
 
     id: str
@@ -235,7 +230,7 @@ class FailedTaskItem(_Strict):
     """Earlier error messages for this task: what was already tried."""
 
 
-class DecisionItem(_Strict):
+class DecisionItem(DurableModel):
     """A recorded decision; ``by`` starting with "human" makes it critical."""
 
     id: str
@@ -252,7 +247,7 @@ class DecisionItem(_Strict):
         return self.by.startswith("human")
 
 
-class BlockerItem(_Strict):
+class BlockerItem(DurableModel):
     """An open blocker (critical), or a resolved one whose task is still to do."""
 
     id: str
@@ -263,21 +258,21 @@ class BlockerItem(_Strict):
     resolution: str = ""
 
 
-class AlternativeItem(_Strict):
+class AlternativeItem(DurableModel):
     """An approach that was considered and rejected."""
 
     title: str
     reason: str = ""
 
 
-class FileItem(_Strict):
+class FileItem(DurableModel):
     """A file the agent touched or noted."""
 
     path: str
     note: str = ""
 
 
-class ErrorItem(_Strict):
+class ErrorItem(DurableModel):
     """An error recorded in some generation."""
 
     source: str
@@ -286,7 +281,7 @@ class ErrorItem(_Strict):
     generation: int = 0
 
 
-class LookupHints(_Strict):
+class LookupHints(DurableModel):
     """How the successor finds what the compact prompt left out."""
 
     workflow_id: str
@@ -305,7 +300,7 @@ class LookupHints(_Strict):
         return json.dumps(body, ensure_ascii=False)
 
 
-class HandoffDelta(_Strict):
+class HandoffDelta(DurableModel):
     """What changed since the previous handoff, summarized from the state events."""
 
     events: int = 0
@@ -330,7 +325,7 @@ class HandoffDelta(_Strict):
         return self.events == 0
 
 
-class HandoffDocument(_Strict):
+class HandoffDocument(DurableModel):
     """Everything a successor generation needs; render with :func:`render_prompt`.
 
     Unbounded sections keep their most relevant items (most recent first) and the
@@ -393,8 +388,10 @@ class HandoffDocument(_Strict):
 
     @classmethod
     def from_json(cls, text: str | bytes) -> HandoffDocument:
-        """Parse and validate a document; unknown fields and wrong types are errors."""
-        return cls.model_validate_json(text)
+        """Parse and validate a document written or edited by hand; unknown fields (at
+        any depth) and wrong types are errors naming the field. A document decoded from
+        a payload ignores unknown fields instead (see `schemas.base`)."""
+        return validate_human(cls, text)
 
     def summary(self) -> str:
         """One line for memos and the CLI."""
@@ -483,7 +480,7 @@ class HandoffDocument(_Strict):
         return "\n".join(out) + "\n"
 
 
-class HandoffPayload(_Strict):
+class HandoffPayload(DurableModel):
     """The result of a handoff: the document plus its budgeted continuation prompt."""
 
     document: HandoffDocument | None = None

@@ -9,22 +9,21 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.tokens import TokenUsage
 
 Message = dict[str, Any]
 """One Messages API message: ``{"role": "user"|"assistant", "content": str | [blocks]}``."""
 
 
-class ToolPolicy(BaseModel):
+class ToolPolicy(DurableModel):
     """How the session runs a user tool's activity (`tool:<name>`).
 
     After `max_attempts` (or on an error whose type is in `non_retryable_errors`) the
     error goes to the model as a `tool_result` with `is_error: true`; the session goes on.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     max_attempts: int = Field(default=3, ge=1, le=100)
     """Attempts of one tool call, the first included."""
@@ -36,10 +35,8 @@ class ToolPolicy(BaseModel):
     """Exception class names (or ApplicationError types) that are not retried."""
 
 
-class ToolSpec(BaseModel):
+class ToolSpec(DurableModel):
     """A tool offered to the model (Messages API `tools` entry) and how it runs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str = ""
@@ -52,10 +49,8 @@ class ToolSpec(BaseModel):
         return self.model_dump(include={"name", "description", "input_schema"})
 
 
-class ModelRequest(BaseModel):
+class ModelRequest(DurableModel):
     """Input of the `call_model` activity."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str
     system: list[dict[str, Any]] = Field(default_factory=list)
@@ -78,10 +73,8 @@ class ModelRequest(BaseModel):
     """`max_tokens` above which the call streams (SSE) with heartbeats."""
 
 
-class ModelResponse(BaseModel):
+class ModelResponse(DurableModel):
     """Output of the `call_model` activity: content, exact usage, and the pre-flight estimate."""
-
-    model_config = ConfigDict(extra="forbid")
 
     content: list[dict[str, Any]] = Field(default_factory=list)
     usage: TokenUsage = Field(default_factory=TokenUsage)
@@ -96,16 +89,12 @@ class ModelResponse(BaseModel):
     streamed: bool = False
 
 
-class ModelInfoRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ModelInfoRequest(DurableModel):
     model: str
     override: int | None = None
 
 
-class ModelInfoResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ModelInfoResult(DurableModel):
     model: str
     context_window: int = Field(gt=0)
     source: str

@@ -12,7 +12,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from temporal_handoff.schemas.base import DurableModel
 
 
 class TaskStatus(str, Enum):
@@ -26,9 +28,7 @@ class TaskStatus(str, Enum):
 DONE_STATUSES = (TaskStatus.COMPLETED, TaskStatus.SKIPPED)
 
 
-class Task(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Task(DurableModel):
     id: str = Field(min_length=1, max_length=128)
     title: str = Field(default="", max_length=2_000)
     phase: str = ""
@@ -41,9 +41,7 @@ class Task(BaseModel):
     completed_generation: int | None = None
 
 
-class Phase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Phase(DurableModel):
     id: str = Field(min_length=1, max_length=128)
     name: str = ""
 
@@ -52,9 +50,7 @@ DECISION_TITLE_MAX = 4_000
 """Longest decision title (a human `decide` text becomes one)."""
 
 
-class Decision(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Decision(DurableModel):
     id: str = Field(min_length=1, max_length=160)
     """Up to 160: a human decision's id is `HD-<blocker id>` (blocker ids reach 128)."""
     title: str = Field(default="", max_length=DECISION_TITLE_MAX)
@@ -66,9 +62,7 @@ class Decision(BaseModel):
     generation: int = 0
 
 
-class Alternative(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Alternative(DurableModel):
     title: str
     reason: str = ""
 
@@ -80,9 +74,7 @@ class BlockerType(str, Enum):
     MODEL_ERROR = "model_error"
 
 
-class Blocker(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Blocker(DurableModel):
     id: str = Field(min_length=1, max_length=128)
     type: BlockerType = BlockerType.TECHNICAL
     description: str = Field(default="", max_length=16_000)
@@ -92,26 +84,20 @@ class Blocker(BaseModel):
     opened_at: datetime | None = None
 
 
-class FileNote(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FileNote(DurableModel):
     path: str = Field(min_length=1, max_length=1_000)
     note: str = ""
 
 
-class ErrorRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ErrorRecord(DurableModel):
     source: str
     message: str
     task_id: str | None = None
     generation: int = 0
 
 
-class ProjectState(BaseModel):
+class ProjectState(DurableModel):
     """Everything the agent must not forget."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = "project"
     original_request: str = ""
@@ -286,10 +272,8 @@ HUMAN_TEXT_KEEP_BYTES = 256 * 1024
 successor's input, so it must not grow with every message a human ever sent."""
 
 
-class StateEvent(BaseModel):
+class StateEvent(DurableModel):
     """One change to the project state, applied by :func:`apply_event`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     op: EventOp
     args: dict[str, Any] = Field(default_factory=dict)
@@ -303,8 +287,8 @@ class EventError(ValueError):
 
 
 # Tool input models: the model's tool arguments are validated before they touch state.
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Args(DurableModel):
+    """Extra keys the model sends are ignored (and a newer worker's, in a delta)."""
 
 
 class CompleteTaskArgs(_Args):

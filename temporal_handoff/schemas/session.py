@@ -6,8 +6,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from temporal_handoff.schemas.base import DurableModel, HumanInput
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffPayload, RunRef
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
@@ -26,10 +27,8 @@ class CommandKind(str, Enum):
     ABORT = "abort"
 
 
-class DecideArgs(BaseModel):
+class DecideArgs(HumanInput):
     """Answer to a blocker (update `decide`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     blocker_id: str = Field(min_length=1, max_length=128)
     decision: str = Field(min_length=1, max_length=DECISION_TITLE_MAX)
@@ -38,34 +37,26 @@ class DecideArgs(BaseModel):
     by: str = Field(default="human", min_length=1, max_length=128)
 
 
-class SayArgs(BaseModel):
+class SayArgs(HumanInput):
     """A human message appended to the conversation at the next turn (signal `say`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1)
     by: str = Field(default="human", min_length=1, max_length=128)
 
 
-class TaskCommandArgs(BaseModel):
+class TaskCommandArgs(HumanInput):
     """`skip_task` / `retry_task` (updates, validated against the DAG)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     task_id: str = Field(min_length=1, max_length=128)
     by: str = Field(default="human", min_length=1, max_length=128)
 
 
-class AbortArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AbortArgs(HumanInput):
     reason: str = Field(default="aborted by user", max_length=4_000)
 
 
-class Command(BaseModel):
+class Command(DurableModel):
     """A human command kept in the inbox until applied (carried across continue-as-new)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: CommandKind
     args: dict[str, Any] = Field(default_factory=dict)
@@ -73,10 +64,8 @@ class Command(BaseModel):
     by: str = "human"
 
 
-class SessionInput(BaseModel):
+class SessionInput(DurableModel):
     """Input of every generation of `AgentSessionWorkflow`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     config: SessionConfig = Field(default_factory=SessionConfig)
     project: ProjectState
@@ -103,9 +92,7 @@ class SessionInput(BaseModel):
     with the same id after the run changed gets the first reply, not a second apply."""
 
 
-class Health(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Health(DurableModel):
     tasks_per_hour: float = 0.0
     failures: int = 0
     retries: int = 0
@@ -117,10 +104,8 @@ class Health(BaseModel):
     """complete_task calls that completed a task, over all generations."""
 
 
-class SessionStatus(BaseModel):
+class SessionStatus(DurableModel):
     """Answer of the `status` query."""
-
-    model_config = ConfigDict(extra="forbid")
 
     session_id: str
     lifecycle: LifecycleState
@@ -143,10 +128,8 @@ class SessionStatus(BaseModel):
     """Signals this run could not apply, and why (newest last)."""
 
 
-class SessionResult(BaseModel):
+class SessionResult(DurableModel):
     """What a finished session returns."""
-
-    model_config = ConfigDict(extra="forbid")
 
     session_id: str
     reason: TerminationReason

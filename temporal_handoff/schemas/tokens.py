@@ -13,8 +13,9 @@ Pure data and arithmetic: safe in workflow code.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.lifecycle import LifecycleState
 
 USAGE_FIELDS = (
@@ -25,10 +26,8 @@ USAGE_FIELDS = (
 )
 
 
-class TokenUsage(BaseModel):
+class TokenUsage(DurableModel):
     """The four usage fields the Messages API reports for one call."""
-
-    model_config = ConfigDict(extra="forbid")
 
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
@@ -49,10 +48,10 @@ class TokenUsage(BaseModel):
         return TokenUsage(**{f: getattr(self, f) + getattr(other, f) for f in USAGE_FIELDS})
 
 
-class ModelPrice(BaseModel):
+class ModelPrice(DurableModel):
     """USD per million tokens."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     input: float
     output: float
@@ -123,10 +122,8 @@ def usage_cost_usd(usage: TokenUsage, model: str) -> float:
     ) / 1_000_000
 
 
-class FieldStats(BaseModel):
+class FieldStats(DurableModel):
     """min/max/sum of one usage field over calls."""
-
-    model_config = ConfigDict(extra="forbid")
 
     total: int = 0
     min: int | None = None
@@ -138,14 +135,12 @@ class FieldStats(BaseModel):
         self.max = value if self.max is None else max(self.max, value)
 
 
-class TokenLedger(BaseModel):
+class TokenLedger(DurableModel):
     """Occupancy of the current context plus cumulative spend over all generations.
 
     ``occupancy``/``pending_estimate`` describe the current generation's context and
     are reset at each handoff; everything else is carried across continue-as-new.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0)
     occupancy: int = Field(default=0, ge=0)

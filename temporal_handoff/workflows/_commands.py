@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from temporal_handoff.schemas.base import validate_durable
 from temporal_handoff.schemas.handoff import HUMAN_TEXT_CAP_CHARS
 from temporal_handoff.schemas.project import (
     HUMAN_TEXT_KEEP_BYTES,
@@ -51,10 +52,10 @@ def command_events(cmd: Command) -> list[StateEvent]:
         ValidationError: the command's arguments are malformed.
     """
     if cmd.kind == CommandKind.SAY:
-        say = SayArgs.model_validate(cmd.args)
+        say = validate_durable(SayArgs, cmd.args)
         return [StateEvent(op="human_message", args={"text": say.text}, at=cmd.at, by=cmd.by)]
     if cmd.kind == CommandKind.DECIDE:
-        d = DecideArgs.model_validate(cmd.args)
+        d = validate_durable(DecideArgs, cmd.args)
         by = _human(d.by)
         return [
             StateEvent(
@@ -74,7 +75,7 @@ def command_events(cmd: Command) -> list[StateEvent]:
             ),
         ]
     if cmd.kind in (CommandKind.SKIP, CommandKind.RETRY):
-        t = TaskCommandArgs.model_validate(cmd.args)
+        t = validate_durable(TaskCommandArgs, cmd.args)
         op: EventOp = "skip_task" if cmd.kind == CommandKind.SKIP else "retry_task"
         return [StateEvent(op=op, args={"task_id": t.task_id}, at=cmd.at, by=_human(t.by))]
     return []
@@ -207,7 +208,7 @@ def apply(book: SessionBook, cmd: Command) -> str:
         return "flush requested"
     if kind == CommandKind.ABORT:
         try:
-            book.abort = AbortArgs.model_validate(cmd.args)
+            book.abort = validate_durable(AbortArgs, cmd.args)
         except ValidationError:
             book.abort = AbortArgs()
         return "abort requested"
@@ -238,7 +239,7 @@ def apply(book: SessionBook, cmd: Command) -> str:
             )
         return reply
     if kind == CommandKind.DECIDE:
-        d = DecideArgs.model_validate(cmd.args)
+        d = validate_durable(DecideArgs, cmd.args)
         note = f"Human decision on blocker `{d.blocker_id}`: {d.decision}"
         if d.rationale:
             note += f" (rationale: {d.rationale})"
