@@ -37,6 +37,7 @@ from temporal_handoff.schemas.session import (
 )
 from temporal_handoff.schemas.tokens import TokenLedger
 from temporal_handoff.workers.plugin import HandoffPlugin
+from temporal_handoff.workflows import _command_input as command_input
 
 NOT_CONTRACTS = {
     # Plugin options: built in Python by whoever runs a worker, never serialized.
@@ -145,6 +146,10 @@ def _boundary_types() -> list[tuple[str, Any, bool]]:
             for key, tp in _hints(upd.fn).items():
                 human = key != "return" and name in HUMAN_UPDATES
                 out.append((f"{defn.name} update {name} {key}", tp, human))
+    # The session's command handlers take untyped input and read it with these models
+    # (`workflows/_command_input.py`): human input.
+    for kind, model in command_input._MODELS.items():
+        out.append((f"AgentSessionWorkflow command {kind.value}", model, True))
     for fn in plugin.activities or []:
         adef = activity._Definition.must_from_callable(fn)
         target = inspect.unwrap(fn)
