@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
@@ -223,6 +223,55 @@ async def test_child_applies_a_newer_delta_and_seal(
     assert "did not apply" not in payload.note, payload.note
     desc = await client.get_workflow_handle(wid).describe()
     assert desc.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_child_names_events_it_cannot_read_and_fails_on_an_unreadable_seal(
+    env: WorkflowEnvironment, client: Client, task_queue: str
+) -> None:
+    """A newer session can send an event op (or enum value) this child does not know:
+    the delta still counts and its readable events apply, the unreadable one is named
+    in the payload's note (before: the SDK dropped the whole delta and the child waited
+    for it forever). A seal this child cannot read fails the child at once (the session
+    then builds the payload itself) instead of leaving it waiting."""
+    project = synthetic_project(4, 1)
+    tasks = list(project.tasks)
+    child_input = {
+        "session_id": "compat-session", "generation": 0, "run_id": "run-0",
+        "model": "claude-sonnet-4-6", "state": json.loads(project.model_dump_json()),
+    }
+    delta = {"events": [
+        {"op": "complete_task", "args": {"task_id": tasks[0]}, "by": "agent"},
+        {"op": "summon_reviewer", "args": {"who": "ops"}, "by": "agent"},
+    ], "seq": 1}
+    ledger = json.loads(TokenLedger().model_dump_json())
+    seal = {"reason": "CONTEXT_HANDOFF", "ledger": ledger, "events_sent": 1}
+    with FakeAnthropicServer() as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            wid = await cli_start(env, "HandoffWorkflow", task_queue, child_input)
+            bad = await cli_start(env, "HandoffWorkflow", task_queue, child_input)
+            async with cleanup(client, env, wid), cleanup(client, env, bad):
+                for name, arg in (("delta", delta), ("seal", seal)):
+                    await temporal_cli(
+                        env, "workflow", "signal", "--workflow-id", wid, "--name", name,
+                        "--input", json.dumps(arg),
+                    )
+                handle = client.get_workflow_handle(wid, result_type=HandoffPayload)
+                payload = await guarded(client, wid, handle.result(), "the sealed payload")
+                await temporal_cli(
+                    env, "workflow", "signal", "--workflow-id", bad, "--name", "seal",
+                    "--input", json.dumps({**seal, "reason": "QUANTUM_HANDOFF"}),
+                )
+                try:
+                    await guarded(
+                        client, bad, client.get_workflow_handle(bad).result(), "the child"
+                    )
+                    raise AssertionError("a child with an unreadable seal completed")
+                except WorkflowFailureError as err:
+                    failure = str(err.cause)
+    assert payload.document is not None
+    assert {t.id for t in payload.document.work_completed} == {tasks[0]}
+    assert "summon_reviewer" in payload.note, payload.note
+    assert "reason" in failure and "seal could not be read" in failure, failure
 
 
 # ---- what a person types stays strict -----------------------------------------------
