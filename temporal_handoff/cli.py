@@ -122,7 +122,7 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
         fail(f"server error: {err.message}", 2)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        loc = ".".join(str(p) for p in first["loc"]) or err.title
         fail(f"invalid {loc}: {first['msg']}", 2)
     except WorkflowFailureError as err:
         fail(f"workflow failed: {_first_line(err.cause or err)}", 1)

@@ -154,12 +154,9 @@ class _CaptureInstance(Interceptor):
         return Capture
 
 
-async def replayed_state(client: Client, history: WorkflowHistory) -> RunState | None:
-    """The state the run had applied, by replaying its history with this code.
-
-    None if the history does not replay (recorded by incompatible code) or the run
-    never ran a workflow task.
-    """
+async def replayed_state(client: Client, history: WorkflowHistory) -> RunState | str:
+    """The state the run had applied, by replaying its history with this code; or
+    why that is not possible (recorded by incompatible code, never ran a task)."""
     from temporal_handoff.workers.plugin import HandoffPlugin
     from temporal_handoff.workflows.session import AgentSessionWorkflow
 
@@ -174,24 +171,35 @@ async def replayed_state(client: Client, history: WorkflowHistory) -> RunState |
         workflow_runner=UnsandboxedWorkflowRunner(),
         disable_safe_workflow_eviction=True,
     )
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    if result.replay_failure is not None or not capture.instances:
-        return None
-    wf = capture.instances[-1]
+    try:
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    except Exception as err:  # the fallback says why, in one line
+        return _first_line(err)
+    if result.replay_failure is not None:
+        return _first_line(result.replay_failure)
+    wf = capture.instances[-1] if capture.instances else None
     if not isinstance(wf, AgentSessionWorkflow):
-        return None
-    # The workflow's working state (see workflows/_book.py): read, never changed.
-    book = wf._book
-    return RunState(
-        state=book.state,
-        ledger=wf._ledger,
-        health=book.health,
-        events=list(book.events),
-        pending_say=list(book.pending_say),
-        recent_human=list(book.recent_human[-10:]),
-        inbox=list(book.inbox),
-        paused_seconds=wf._longest_pause,
-    )
+        return "the run never ran a workflow task"
+    try:
+        # The workflow's working state (see workflows/_book.py): read, never changed.
+        book = wf._book
+        return RunState(
+            state=book.state,
+            ledger=wf._ledger,
+            health=book.health,
+            events=list(book.events),
+            pending_say=list(book.pending_say),
+            recent_human=list(book.recent_human[-10:]),
+            inbox=list(book.inbox),
+            paused_seconds=wf._longest_pause,
+        )
+    except AttributeError as err:  # the workflow's fields were renamed
+        return f"cannot read the replayed state ({err})"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------- building
@@ -278,7 +286,7 @@ async def resume_session(
     except Exception as err:  # any decoding problem is one line
         raise ResumeError(
             f"resume_from: cannot read the input of run {run_id} of {workflow_id!r}: "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            f"{_first_line(err)}"
         ) from None
     cfg = merge_config(last_input.config, overrides)
     closing = events[-1]
@@ -310,18 +318,19 @@ async def resume_session(
     lineage = list(last_input.lineage) + [
         RunRef(generation=gen, workflow_id=workflow_id, run_id=run_id)
     ]
-    run = await replayed_state(client, history)
-    if run is not None:
+    replayed = await replayed_state(client, history)
+    if isinstance(replayed, RunState):
+        run = replayed
         source = "its history, replayed"
     else:
         state = None
         if closing.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
             state = await _failure_state(client, closing)
         if state is not None:
-            source = "the state in its failure (history did not replay)"
+            source = f"the state in its failure (history did not replay: {replayed})"
         else:
             state = last_input.project.model_copy(deep=True)
-            source = "the state it started with (history did not replay)"
+            source = f"the state it started with (history did not replay: {replayed})"
         run = RunState(
             state=state,
             ledger=(last_input.ledger or TokenLedger()).model_copy(deep=True),

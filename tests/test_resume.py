@@ -397,6 +397,25 @@ async def test_history_links_back_to_the_predecessor(
     assert f"resumed from {t.old}" in " ".join(res.stdout.split())
 
 
+async def test_a_history_that_does_not_replay_is_detected(
+    client: Client, terminated: Terminated
+) -> None:
+    """Recorded by other code (here: an activity renamed in the history), the replay
+    is refused, so the resume falls back to the state it can trust and says so."""
+    from temporal_handoff.resume import RunState, replayed_state
+
+    old = terminated.old
+    desc = await client.get_workflow_handle(old).describe()
+    history = await client.get_workflow_handle(old, run_id=desc.run_id).fetch_history()
+    assert isinstance(await replayed_state(client, history), RunState)
+    for e in history.events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            e.activity_task_scheduled_event_attributes.activity_type.name = "renamed"
+            break
+    reason = await replayed_state(client, history)
+    assert isinstance(reason, str) and reason, reason
+
+
 # ------------------------------------------------------------------ a failed session
 async def test_failed_session_resumes(
     env: WorkflowEnvironment, client: Client, task_queue: str
