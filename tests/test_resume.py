@@ -397,6 +397,25 @@ async def test_history_links_back_to_the_predecessor(
     assert f"resumed from {t.old}" in " ".join(res.stdout.split())
 
 
+async def test_a_result_without_a_document_resumes_from_its_state(
+    client: Client, terminated: Terminated
+) -> None:
+    """The resumed session completed (TASK_COMPLETED: no final document); resuming it
+    again builds the continuation prompt from the result's state, and the lineage
+    keeps both sessions' runs."""
+    from temporal_handoff.resume import resume_session
+
+    assert terminated.result.final_handoff is None
+    again = await resume_session(client, terminated.new, {"model": "claude-opus-4-6"})
+    assert "result's state" in again.note, again.note
+    inp = again.input
+    assert inp.handoff is not None and inp.handoff.prompt
+    assert inp.generation == terminated.result.generation + 1
+    assert inp.config.model == "claude-opus-4-6" and inp.config.system_prompt == SYSTEM
+    assert {r.workflow_id for r in inp.lineage} == {terminated.old, terminated.new}
+    assert [r.generation for r in inp.lineage] == list(range(inp.generation))
+
+
 async def test_a_history_that_does_not_replay_is_detected(
     client: Client, terminated: Terminated
 ) -> None:
