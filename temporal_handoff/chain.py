@@ -11,7 +11,9 @@ from typing import Any
 from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
+from temporal_handoff.schemas.handoff import RunRef
 from temporal_handoff.schemas.model_io import ModelResponse
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 from temporal_handoff.schemas.tokens import TokenUsage
@@ -20,6 +22,9 @@ from temporal_handoff.schemas.tokens import TokenUsage
 class RunSummary(BaseModel):
     generation: int
     run_id: str
+    workflow_id: str = ""
+    """The session (workflow id) this run belongs to; a resumed session's chain
+    continues its predecessor's, under another id."""
     start: datetime | None = None
     end: datetime | None = None
     status: str = ""
@@ -37,6 +42,9 @@ class RunSummary(BaseModel):
     handoff_child: str | None = None
     handoff_summary: str = ""
     previous_run_id: str = ""
+    resumed_from: RunRef | None = None
+    """For the first run of a session started with `--resume-from`: the predecessor
+    session's last run."""
 
 
 async def _decode(client: Client, payloads: Any, kind: type) -> Any:
@@ -47,7 +55,7 @@ async def _decode(client: Client, payloads: Any, kind: type) -> Any:
 async def run_summary(client: Client, workflow_id: str, run_id: str) -> RunSummary:
     """Summarise one run from its history."""
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    row = RunSummary(generation=-1, run_id=run_id)
+    row = RunSummary(generation=-1, run_id=run_id, workflow_id=workflow_id)
     scheduled: dict[int, str] = {}
     async for event in handle.fetch_history_events():
         et = event.event_type
@@ -56,6 +64,10 @@ async def run_summary(client: Client, workflow_id: str, run_id: str) -> RunSumma
             inp: SessionInput = await _decode(client, attrs.input.payloads, SessionInput)
             row.generation = inp.generation
             row.previous_run_id = attrs.continued_execution_run_id
+            if not row.previous_run_id:
+                row.resumed_from = next(
+                    (r for r in reversed(inp.lineage) if r.workflow_id != workflow_id), None
+                )
             row.start = event.event_time.ToDatetime()
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             name = event.activity_task_scheduled_event_attributes.activity_type.name
@@ -109,17 +121,51 @@ async def run_summary(client: Client, workflow_id: str, run_id: str) -> RunSumma
     return row
 
 
-async def session_chain(client: Client, workflow_id: str) -> list[RunSummary]:
+async def session_chain(
+    client: Client, workflow_id: str, *, follow_resumes: bool = False
+) -> list[RunSummary]:
     """Every run of a session (all generations), oldest first.
 
     Walks back from the latest run through each start event's
-    `continued_execution_run_id`, so it does not depend on visibility indexing.
+    `continued_execution_run_id`, so it does not depend on visibility indexing. With
+    `follow_resumes`, a session started with `--resume-from` is preceded by its
+    predecessor's runs (and theirs), under their own workflow ids; a predecessor no
+    longer in Temporal (past retention) is a row per lineage entry with status
+    "UNAVAILABLE".
     """
     desc = await client.get_workflow_handle(workflow_id).describe()
     rows: list[RunSummary] = []
-    run_id = desc.run_id
-    while run_id:
-        row = await run_summary(client, workflow_id, run_id)
+    wid, run_id = workflow_id, desc.run_id
+    seen: set[tuple[str, str]] = set()
+    while run_id and (wid, run_id) not in seen:
+        seen.add((wid, run_id))
+        try:
+            row = await run_summary(client, wid, run_id)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND or wid == workflow_id:
+                raise
+            rows += await _unavailable(client, rows[-1])
+            break
         rows.append(row)
         run_id = row.previous_run_id
+        if not run_id and follow_resumes and row.resumed_from is not None:
+            wid, run_id = row.resumed_from.workflow_id, row.resumed_from.run_id
     return rows[::-1]
+
+
+async def _unavailable(client: Client, first: RunSummary) -> list[RunSummary]:
+    """Rows (newest first) for the predecessors' runs that Temporal no longer has,
+    from the lineage in the first run's input."""
+    handle = client.get_workflow_handle(first.workflow_id, run_id=first.run_id)
+    async for event in handle.fetch_history_events():
+        attrs = event.workflow_execution_started_event_attributes
+        inp: SessionInput = await _decode(client, attrs.input.payloads, SessionInput)
+        return [
+            RunSummary(
+                generation=r.generation, run_id=r.run_id, workflow_id=r.workflow_id,
+                status="UNAVAILABLE", termination="UNAVAILABLE",
+            )
+            for r in reversed(inp.lineage)
+            if r.workflow_id != first.workflow_id
+        ]
+    return []

@@ -27,6 +27,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCStatusCode
 
 from temporal_handoff.commands import send_update
@@ -122,8 +123,19 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
         fail(f"server error: {err.message}", 2)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        loc = ".".join(str(p) for p in first["loc"]) or err.title
         fail(f"invalid {loc}: {first['msg']}", 2)
+    except WorkflowFailureError as err:
+        fail(f"workflow failed: {_first_line(err.cause or err)}", 1)
+    except typer.Exit:
+        raise
+    except Exception as err:  # the CLI's contract: one line, no traceback
+        fail(f"{type(err).__name__}: {_first_line(err)}", 1)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------- run things
@@ -239,34 +251,64 @@ def start(
     project: Path | None = typer.Option(None, help="orchestrator state, state.json or ProjectState JSON"),
     tasks: int = typer.Option(20, min=1, help="synthetic project size when no file is given"),
     phases: int = typer.Option(3, min=1),
-    config_json: str = typer.Option("{}", "--config", help="SessionConfig as JSON"),
+    config_json: str = typer.Option(
+        "{}", "--config",
+        help="SessionConfig as JSON (with --resume-from: only the keys to change)",
+    ),
     workflow_id: str | None = typer.Option(None, "--id"),
-    resume_from: str | None = typer.Option(None, help="resume an aborted session's final state"),
+    resume_from: str | None = typer.Option(
+        None, help="continue a closed session (completed, aborted, cancelled, terminated, "
+        "failed or timed out) as a new one",
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="with --resume-from: wait for a running session to close"
+    ),
     task_queue: str = typer.Option("agent-sessions", envvar="HANDOFF_TASK_QUEUE"),
     address: str | None = ADDRESS,
     namespace: str | None = NAMESPACE,
 ) -> None:
-    """Start a session (or resume one that was aborted, with --resume-from)."""
+    """Start a session (or continue a closed one as a new session, with --resume-from)."""
+    try:
+        overrides = json.loads(config_json)
+    except json.JSONDecodeError as err:
+        fail(f"invalid config: not JSON ({err.msg} at char {err.pos})")
+    if not isinstance(overrides, dict):
+        fail("invalid config: expected a JSON object")
+    if wait and not resume_from:
+        fail("--wait needs --resume-from")
 
     async def go() -> None:
-        cfg = validate_human(SessionConfig, config_json)
+        from temporal_handoff.resume import ResumeError, resume_session
+
+        cfg = validate_human(SessionConfig, overrides)
         client = await connect(address, namespace)
         if resume_from:
-            prev = await client.get_workflow_handle(resume_from, result_type=SessionResult).result()
             try:
-                inp = prev.resume_input(cfg)
-            except ValueError as err:
-                raise CliError(str(err), 1) from None
+                resumed = await resume_session(client, resume_from, overrides, wait=wait)
+            except ResumeError as err:
+                raise CliError(str(err), err.code) from None
+            inp = resumed.input
+            err_console.print(resumed.note, highlight=False, markup=False)
         else:
             inp = SessionInput(config=cfg, project=_load_project(project, tasks, phases))
         wid = workflow_id or f"session-{uuid.uuid4().hex[:12]}"
-        await client.start_workflow(
-            "AgentSessionWorkflow", inp, id=wid, task_queue=task_queue,
-            static_summary=f"agent session: {inp.project.name}",
-        )
+        with _already_started(wid):
+            await client.start_workflow(
+                "AgentSessionWorkflow", inp, id=wid, task_queue=task_queue,
+                static_summary=f"agent session: {inp.project.name}"
+                + (f" (resumed from {resume_from})" if resume_from else ""),
+            )
         console.print(wid)
 
     run(go)
+
+
+@contextlib.contextmanager
+def _already_started(workflow_id: str) -> Iterator[None]:
+    try:
+        yield
+    except WorkflowAlreadyStartedError:
+        raise CliError(f"id: workflow {workflow_id!r} already exists (choose another --id)") from None
 
 
 # ---------------------------------------------------------------- steer
@@ -421,26 +463,33 @@ def history(
     address: str | None = ADDRESS,
     namespace: str | None = NAMESPACE,
 ) -> None:
-    """The handoff chain across continue-as-new runs."""
+    """The handoff chain across continue-as-new runs (and back through --resume-from)."""
     from temporal_handoff.chain import session_chain
     from temporal_handoff.demo import chain_table
 
     async def go() -> None:
         client = await connect(address, namespace)
         with unknown_workflow(workflow_id):
-            rows = await session_chain(client, workflow_id)
+            rows = await session_chain(client, workflow_id, follow_resumes=True)
+        sessions = list(dict.fromkeys(r.workflow_id for r in rows))
         if json_out:
             print(json.dumps([r.model_dump(mode="json") for r in rows], sort_keys=True))
         elif markdown:
-            print("| gen | run id | turns | tokens at handoff | payload tokens | ended by |")
-            print("|---|---|---|---|---|---|")
+            several = len(sessions) > 1
+            print(("| session " if several else "") + "| gen | run id | turns "
+                  "| tokens at handoff | payload tokens | ended by |")
+            print(("|---" if several else "") + "|---|---|---|---|---|---|")
             for r in rows:
                 print(
-                    f"| {r.generation} | `{r.run_id}` | {r.turns} | {r.tokens_at_handoff or ''} "
+                    (f"| {r.workflow_id} " if several else "")
+                    + f"| {r.generation} | `{r.run_id}` | {r.turns} | {r.tokens_at_handoff or ''} "
                     f"| {r.payload_tokens or ''} | {r.termination} |"
                 )
         else:
-            console.print(chain_table(rows, title=f"Handoff chain of {workflow_id}"))
+            title = f"Handoff chain of {workflow_id}"
+            if len(sessions) > 1:
+                title += " (resumed from " + " ← ".join(reversed(sessions[:-1])) + ")"
+            console.print(chain_table(rows, title=title))
 
     run(go)
 

@@ -40,18 +40,22 @@ def _free(port: int) -> bool:
 
 
 def chain_table(rows: list[RunSummary], title: str = "Handoff chain") -> Table:
+    """One row per generation; a "session" column when the chain spans resumed sessions."""
     table = Table(title=title)
-    for col in ("gen", "run id", "turns", "tokens at handoff", "payload tokens", "ended by"):
+    several = len({r.workflow_id for r in rows}) > 1
+    cols = ("gen", "run id", "turns", "tokens at handoff", "payload tokens", "ended by")
+    for col in (("session",) if several else ()) + cols:
         table.add_column(col)
     for r in rows:
-        table.add_row(
+        cells = [
             str(r.generation),
             r.run_id[:13],
             str(r.turns),
             "" if r.tokens_at_handoff is None else f"{r.tokens_at_handoff:,}",
             "" if r.payload_tokens is None else f"{r.payload_tokens:,}",
             r.termination,
-        )
+        ]
+        table.add_row(*(([r.workflow_id] if several else []) + cells))
     return table
 
 

@@ -12,6 +12,7 @@ import json
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from temporal_handoff.schemas.events import RecallRequest
 from temporal_handoff.schemas.project import ProjectState
@@ -41,15 +42,28 @@ def section_text(state: ProjectState, section: str, ids: list[str], max_chars: i
 
 
 async def load_generation_input(session_id: str, run_id: str) -> SessionInput:
-    """The `SessionInput` a run started with, decoded from its history."""
+    """The `SessionInput` a run started with, decoded from its history.
+
+    Raises:
+        ApplicationError: the run is gone (past retention) or has no start event.
+    """
     client = activity.client()
     handle = client.get_workflow_handle(session_id, run_id=run_id)
-    async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            payloads = event.workflow_execution_started_event_attributes.input.payloads
-            values = await client.data_converter.decode(payloads, [SessionInput])
-            return values[0]
-        break
+    try:
+        async for event in handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+                payloads = event.workflow_execution_started_event_attributes.input.payloads
+                values = await client.data_converter.decode(payloads, [SessionInput])
+                return values[0]
+            break
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise ApplicationError(
+            f"run {run_id} of {session_id} is no longer in Temporal (past retention?)",
+            type="RecallNotFound",
+            non_retryable=True,
+        ) from None
     raise ApplicationError(f"run {run_id} of {session_id} has no start event", non_retryable=True)
 
 
@@ -65,7 +79,9 @@ async def recall(req: RecallRequest) -> str:
             type="RecallNotFound",
             non_retryable=True,
         )
-    inp = await load_generation_input(req.session_id, ref.run_id)
+    # A resumed session's lineage continues its predecessor's: those runs belong to
+    # another workflow id.
+    inp = await load_generation_input(ref.workflow_id or req.session_id, ref.run_id)
     try:
         return section_text(inp.project, req.section, req.ids, req.max_chars)
     except ValueError as err:

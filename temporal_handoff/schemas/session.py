@@ -142,18 +142,29 @@ class SessionResult(DurableModel):
     """For ABORT and guards: the document to resume from (`handoff start --resume-from`)."""
     message: str = ""
 
-    def resume_input(self, config: SessionConfig | None = None) -> SessionInput:
+    def resume_input(
+        self, config: SessionConfig | None = None, *, original: SessionConfig | None = None
+    ) -> SessionInput:
         """Input for a new session that continues this one (`handoff start --resume-from`).
 
+        Args:
+            config: the new session's config. None keeps `original`.
+            original: the session's own config. The result does not carry it (it is in
+                every run's input, and results stay small): `handoff start
+                --resume-from` and `temporal_handoff.resume.resume_session` read it
+                from the last run's input. Without either, the defaults apply.
+
         Raises:
-            ValueError: the session ended without a final handoff document.
+            ValueError: the session ended without a final handoff document
+                (`resume_session` builds one from the result's state).
         """
         if self.final_handoff is None:
             raise ValueError(f"{self.session_id} ended without a final handoff document")
         return SessionInput(
-            config=config or SessionConfig(),
+            config=config or original or SessionConfig(),
             project=self.project,
-            handoff=self.final_handoff,
+            # The successor needs the prompt and the summary line, not the document.
+            handoff=self.final_handoff.seed(),
             generation=self.generation + 1,
             ledger=self.ledger,
             lineage=self.lineage,
