@@ -26,7 +26,7 @@ from temporalio import activity, workflow
 import temporal_handoff
 from temporal_handoff.schemas.base import DurableModel, HumanInput, validate_human
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.events import SealRequest
+from temporal_handoff.schemas.events import HandoffDelta, SealRequest
 from temporal_handoff.schemas.project import ProjectState, synthetic_project
 from temporal_handoff.schemas.session import (
     Command,
@@ -150,6 +150,9 @@ def _boundary_types() -> list[tuple[str, Any, bool]]:
     # (`workflows/_command_input.py`): human input.
     for kind, model in command_input._MODELS.items():
         out.append((f"AgentSessionWorkflow command {kind.value}", model, True))
+    # The handoff child reads its `delta` and `seal` signals by hand, too.
+    out.append(("HandoffWorkflow signal delta", HandoffDelta, False))
+    out.append(("HandoffWorkflow signal seal", SealRequest, False))
     for fn in plugin.activities or []:
         adef = activity._Definition.must_from_callable(fn)
         target = inspect.unwrap(fn)
