@@ -22,9 +22,7 @@ from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
 from tests.conftest import running_worker
 from tests.test_operator_actions import (
-    CAP,
     PauseOn,
-    _events,
     assert_children_closed,
     assert_children_payloads_clean,
     assert_each_task_completed_once,
@@ -32,12 +30,11 @@ from tests.test_operator_actions import (
     cleanup,
     current_run,
     event_ids,
-    guarded,
     session_result,
     start,
     temporal_cli,
-    wait_status,
 )
+from tests.waits import CAP, guarded, history, wait_status
 
 CHILD_TIMEOUT_S = 5_400
 """Not the default (24 h), so the describe shows the session's own setting."""
@@ -74,7 +71,7 @@ async def paused_with_child(client: Client, wid: str) -> str:
         lambda s: s.lifecycle == LifecycleState.PAUSED and s.generation == 0,
         "paused in WARNING with the child running",
     )
-    events = await _events(client, wid, await current_run(client, wid))
+    events = await history(client, wid, await current_run(client, wid))
     started = event_ids(events, EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED)
     assert started, "the handoff child had not started"
     event = next(e for e in events if e.event_id == started[-1])

@@ -36,7 +36,6 @@ from temporal_handoff.schemas.tokens import USAGE_FIELDS, TokenUsage
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
 from tests.conftest import running_worker
 from tests.test_operator_actions import (
-    _events,
     assert_children_closed,
     assert_no_task_failures_any_run,
     cleanup,
@@ -44,13 +43,12 @@ from tests.test_operator_actions import (
     cli_reset,
     current_run,
     event_ids,
-    guarded,
     session_result,
     start,
     temporal_cli,
     wait_new_run,
-    wait_status,
 )
+from tests.waits import guarded, history, wait_status
 
 WTC = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
 
@@ -110,7 +108,7 @@ async def surviving_model_calls(client: Client, result: SessionResult) -> list[T
     completed and did not cancel (a cancelled call's late result is not the session's)."""
     usages = []
     for ref in result.lineage:
-        events = await _events(client, ref.workflow_id, ref.run_id)
+        events = await history(client, ref.workflow_id, ref.run_id)
         calls = set(model_calls_scheduled(events))
         cancelled = {
             e.activity_task_cancel_requested_event_attributes.scheduled_event_id
@@ -222,7 +220,7 @@ async def test_cli_reset_to_the_middle_of_a_generation(
                 )
                 await say(client, wid, "note while paused")
                 run = await current_run(client, wid)
-                events = await _events(client, wid, run)
+                events = await history(client, wid, run)
                 point = between_two_model_calls(events)
                 calls = model_calls_scheduled(events)
                 print(
@@ -278,7 +276,7 @@ async def test_cli_reset_of_an_earlier_generation(
                 await wait_status(client, wid, lambda s: s.generation >= 2, "generation 2")
                 await say(client, wid, "note in a later generation")
                 late_run = await current_run(client, wid)
-                events = await _events(client, wid, first_run)
+                events = await history(client, wid, first_run)
                 assert events[-1].event_type == (
                     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
                 )
@@ -306,7 +304,7 @@ async def test_cli_reset_of_an_earlier_generation(
                 await cli_abort(env, wid, "operator stop after a reset")
                 result = await session_result(client, wid)
     assert result.reason == TerminationReason.USER_ABORT, (result.reason, result.message)
-    head = await _events(client, wid, result.lineage[0].run_id)
+    head = await history(client, wid, result.lineage[0].run_id)
     assert head[0].workflow_execution_started_event_attributes.original_execution_run_id == (
         first_run
     ) and result.lineage[0].run_id != first_run, (
