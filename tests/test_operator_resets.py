@@ -296,7 +296,7 @@ async def test_cli_reset_of_an_earlier_generation(
                     f"reset gen 0 run {first_run} to event {reset_to} (child started at "
                     f"{started}); the chain had reached run {late_run}"
                 )
-                print(await cli_reset(env, wid, first_run, event_id=reset_to))
+                await cli_reset(env, wid, first_run, event_id=reset_to)
                 await wait_new_run(client, wid, late_run)
                 await wait_status(
                     client, wid, lambda s: s.generation >= 2, "the new chain at generation 2"
