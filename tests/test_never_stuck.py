@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import anthropic
 import pytest
 from pydantic import ValidationError
-from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
     Client,
@@ -62,20 +62,14 @@ from temporal_handoff.testing import (
 )
 from temporal_handoff.workers.devserver import temporal_binary
 from temporal_handoff.workers.plugin import HandoffPlugin, UserTool
+from tests import waits
 from tests.conftest import running_worker
+from tests.waits import history, task_failures
 
 T = TypeVar("T")
 
 CAP = 60.0
 """Seconds before a wait gives up (a way to fail instead of hanging, not a bound)."""
-
-BENIGN_CAUSES = {
-    # The server refuses a completion that raced a new signal/update; the SDK retries
-    # at once with the new event. Normal under command storms, not a stuck task.
-    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND,
-    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_UPDATE,
-    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_STICKY_TASK_QUEUE,
-}
 
 
 # ------------------------------------------------------------------ history helpers
@@ -83,39 +77,21 @@ def _client_of(handle: WorkflowHandle[Any, Any]) -> Client:
     return handle._client
 
 
-async def _events(client: Client, workflow_id: str, run_id: str | None) -> list[HistoryEvent]:
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    return [e async for e in handle.fetch_history_events()]
-
-
-def _failures(events: list[HistoryEvent]) -> list[str]:
-    out = []
-    for e in events:
-        if e.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-            continue
-        attrs = e.workflow_task_failed_event_attributes
-        if attrs.cause in BENIGN_CAUSES:
-            continue
-        cause = WorkflowTaskFailedCause.Name(attrs.cause)
-        out.append(f"{cause}: {attrs.failure.message[:300]}")
-    return out
-
-
 async def run_chain(handle: WorkflowHandle[Any, Any]) -> list[tuple[str, list[HistoryEvent]]]:
     """Every run of the workflow (oldest first) with its history events."""
     client = _client_of(handle)
     run_id = handle.first_execution_run_id or handle.run_id
     if run_id is None:  # a handle on "the latest run": walk back to the first
-        latest = await _events(client, handle.id, None)
+        latest = await history(client, handle.id, None)
         run_id = (await client.get_workflow_handle(handle.id).describe()).run_id
         prev = latest[0].workflow_execution_started_event_attributes.continued_execution_run_id
         while prev:
             run_id = prev
-            first = await _events(client, handle.id, prev)
+            first = await history(client, handle.id, prev)
             prev = first[0].workflow_execution_started_event_attributes.continued_execution_run_id
     chain: list[tuple[str, list[HistoryEvent]]] = []
     while run_id:
-        events = await _events(client, handle.id, run_id)
+        events = await history(client, handle.id, run_id)
         chain.append((run_id, events))
         last = events[-1] if events else None
         if last is not None and last.event_type == (
@@ -131,15 +107,8 @@ async def assert_no_task_failures(handle: WorkflowHandle[Any, Any]) -> None:
     """No run of the chain (continue-as-new followed) has a failed workflow task."""
     problems = []
     for index, (run_id, events) in enumerate(await run_chain(handle)):
-        problems += [f"run {index} ({run_id}): {f}" for f in _failures(events)]
+        problems += [f"run {index} ({run_id}): {f}" for f in task_failures(events)]
     assert not problems, "workflow task failures (session stuck):\n" + "\n".join(problems[:10])
-
-
-async def _latest_failures(handle: WorkflowHandle[Any, Any]) -> list[str]:
-    try:
-        return _failures(await _events(_client_of(handle), handle.id, None))
-    except RPCError:
-        return []
 
 
 async def guarded(
@@ -150,24 +119,7 @@ async def guarded(
 ) -> T:
     """Await `aw`; fail at once if the session's current run has failing workflow
     tasks, and fail (instead of hanging) after `cap` seconds."""
-    task = asyncio.ensure_future(aw)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + cap
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.5)
-            if done:
-                return task.result()
-            failures = await _latest_failures(handle)
-            if failures:
-                raise AssertionError(f"session stuck while waiting for {what}: {failures[0]}")
-            if loop.time() > deadline:
-                raise AssertionError(f"gave up after {cap:.0f}s waiting for {what}")
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+    return await waits.guarded(_client_of(handle), handle.id, aw, what, cap)
 
 
 async def status(handle: WorkflowHandle[Any, Any]) -> SessionStatus:
@@ -180,27 +132,13 @@ async def wait_status(
     what: str,
     cap: float = CAP,
 ) -> SessionStatus:
-    async def poll() -> SessionStatus:
-        while True:
-            try:
-                st = await status(handle)
-                if predicate(st):
-                    return st
-            except RPCError:
-                pass  # e.g. between two runs of a continue-as-new
-            await asyncio.sleep(0.05)
-
-    return await guarded(handle, poll(), what, cap)
+    return await waits.wait_status(_client_of(handle), handle.id, predicate, what, cap)
 
 
 async def wait_until(
     handle: WorkflowHandle[Any, Any], predicate: Callable[[], bool], what: str, cap: float = CAP
 ) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-    await guarded(handle, poll(), what, cap)
+    await waits.wait_until(_client_of(handle), handle.id, predicate, what, cap)
 
 
 async def result_of(

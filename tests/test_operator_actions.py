@@ -21,8 +21,8 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import (
@@ -59,25 +59,20 @@ from temporal_handoff.schemas.session import (
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.workers.devserver import temporal_binary
 from tests.conftest import running_worker
-
-T = TypeVar("T")
-
-CAP = 30.0
-"""Seconds before a wait gives up (a way to fail instead of hanging, not a bound)."""
+from tests.waits import (
+    CAP,
+    guarded,
+    history,
+    task_failures,
+    wait_history,
+    wait_status,
+)
 
 DIAGNOSE_EVENTS = int(os.environ.get("OPS_EVENTS", "14"))
 """Last events of the current run shown when a session fails or hangs."""
 
 WINDOW = 4_000
 """Small enough that a 12-20 task project hands off a few times."""
-
-BENIGN_CAUSES = {
-    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND,
-    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_UPDATE,
-    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_STICKY_TASK_QUEUE,
-    # The reset point itself: the server fails the workflow task it resets to.
-    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW,
-}
 
 
 # ------------------------------------------------------------------ the CLI
@@ -127,29 +122,6 @@ async def cli_reset(
 
 
 # ------------------------------------------------------------------ history helpers
-async def _events(client: Client, workflow_id: str, run_id: str | None) -> list[HistoryEvent]:
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    return [e async for e in handle.fetch_history_events()]
-
-
-def _failures(events: list[HistoryEvent]) -> list[str]:
-    out = []
-    for index, e in enumerate(events):
-        if e.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-            continue
-        attrs = e.workflow_task_failed_event_attributes
-        if attrs.cause in BENIGN_CAUSES:
-            continue
-        if attrs.cause == WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_FORCE_CLOSE_COMMAND and (
-            events[index + 1 :]
-            and events[index + 1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED
-        ):
-            continue  # the task in flight when the run was terminated (by a reset)
-        cause = WorkflowTaskFailedCause.Name(attrs.cause)
-        out.append(f"event {e.event_id} {cause}: {attrs.failure.message[:300]}")
-    return out
-
-
 async def current_run(client: Client, workflow_id: str) -> str:
     return (await client.get_workflow_handle(workflow_id).describe()).run_id
 
@@ -180,11 +152,11 @@ async def assert_no_task_failures_any_run(client: Client, workflow_id: str) -> N
     problems = []
     for run_id, st in await all_runs(client, workflow_id):
         if st == WorkflowExecutionStatus.FAILED:
-            events = await _events(client, workflow_id, run_id)
+            events = await history(client, workflow_id, run_id)
             failure = events[-1].workflow_execution_failed_event_attributes.failure
             problems.append(f"run {run_id} FAILED: {_failure_text(failure)}")
         problems += [
-            f"run {run_id}: {f}" for f in _failures(await _events(client, workflow_id, run_id))
+            f"run {run_id}: {f}" for f in task_failures(await history(client, workflow_id, run_id))
         ]
     assert not problems, "\n".join(problems[:10])
 
@@ -195,75 +167,6 @@ def _failure_text(failure: Any) -> str:
         parts.append(failure.message)
         failure = failure.cause if failure.HasField("cause") else None
     return " <- ".join(parts)
-
-
-async def _latest_failures(client: Client, workflow_id: str) -> list[str]:
-    try:
-        return _failures(await _events(client, workflow_id, None))
-    except RPCError:
-        return []
-
-
-async def guarded(
-    client: Client, workflow_id: str, aw: Awaitable[T], what: str, cap: float = CAP
-) -> T:
-    """Await `aw`; fail at once if the session's current run has failing workflow
-    tasks, and after `cap` seconds instead of hanging."""
-    task = asyncio.ensure_future(aw)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + cap
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.5)
-            if done:
-                return task.result()
-            failures = await _latest_failures(client, workflow_id)
-            if failures:
-                raise AssertionError(f"session stuck while waiting for {what}: {failures[0]}")
-            if loop.time() > deadline:
-                raise AssertionError(f"gave up after {cap:.0f}s waiting for {what}")
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-
-
-async def wait_status(
-    client: Client,
-    workflow_id: str,
-    predicate: Callable[[SessionStatus], bool],
-    what: str,
-    cap: float = CAP,
-) -> SessionStatus:
-    handle = client.get_workflow_handle(workflow_id)
-
-    async def poll() -> SessionStatus:
-        while True:
-            with contextlib.suppress(RPCError):
-                st = await handle.query("status", result_type=SessionStatus)
-                if predicate(st):
-                    return st
-            await asyncio.sleep(0.05)
-
-    return await guarded(client, workflow_id, poll(), what, cap)
-
-
-async def wait_history(
-    client: Client,
-    workflow_id: str,
-    predicate: Callable[[list[HistoryEvent]], bool],
-    what: str,
-    cap: float = CAP,
-) -> list[HistoryEvent]:
-    async def poll() -> list[HistoryEvent]:
-        while True:
-            events = await _events(client, workflow_id, None)
-            if predicate(events):
-                return events
-            await asyncio.sleep(0.1)
-
-    return await guarded(client, workflow_id, poll(), what, cap)
 
 
 async def session_result(client: Client, workflow_id: str, cap: float = CAP) -> SessionResult:
@@ -303,7 +206,7 @@ async def diagnose(client: Client, workflow_id: str) -> str:
         except RPCError as err:
             state = f"describe failed: {err}"
         lines.append(f"pending child: {c.workflow_id} run {c.run_id}: actually {state}")
-    events = await _events(client, workflow_id, None)
+    events = await history(client, workflow_id, None)
     if events and events[-1].HasField("workflow_execution_failed_event_attributes"):
         failure = events[-1].workflow_execution_failed_event_attributes.failure
         frames = [ln for ln in failure.stack_trace.splitlines() if "temporal_handoff" in ln]
@@ -568,7 +471,7 @@ async def _paused_with_child(
         "paused in WARNING with the child running",
     )
     run = await current_run(client, wid)
-    events = await _events(client, wid, run)
+    events = await history(client, wid, run)
     assert event_ids(events, EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED), (
         "the handoff child had not started"
     )

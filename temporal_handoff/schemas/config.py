@@ -89,6 +89,11 @@ class SessionConfig(DurableModel):
     max_human_text_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=2 * 1024 * 1024)
     """Hard cap on the handoff payload (Temporal terminates workflows past 2 MiB)."""
+    handoff_child_timeout_s: float = Field(default=24 * 3600.0, ge=1, le=30 * 24 * 3600)
+    """Execution timeout of each handoff child (it is also terminated when its session
+    run closes). The child lives from WARNING to the handoff, pauses and pending human
+    decisions included; one that times out is replaced (or the session builds the
+    payload itself), so this only bounds a child whose session cannot close it."""
     user_tools: list[ToolSpec] = Field(default_factory=list)
     """Tools registered on the plugin (run as activities named `tool:<name>`)."""
     search_attributes: bool = True

@@ -7,8 +7,10 @@ that fix replay the old order (`workflow.patched("handoff-cursor-1")`).
 
 The child can disappear under the session: `temporal workflow reset` makes a new run
 whose recorded child belongs to the old run (closed, or still running with the same
-id), an operator can terminate it. Every such case surfaces as :class:`ChildGone`, and
-the session builds the payload itself instead (`build_handoff` activity).
+id), an operator can terminate it, it can time out. Every such case surfaces as
+:class:`ChildGone`, and the session builds the payload itself instead (`build_handoff`
+activity) or starts a new child. A child never outlives its session: it has an
+execution timeout and is terminated when the run that started it closes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from temporalio.exceptions import (
     FailureError,
     WorkflowAlreadyStartedError,
 )
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.config import CompressionLevel
@@ -62,6 +65,10 @@ async def build_payload(
         retry_policy=RetryPolicy(maximum_attempts=5),
         summary=summary,
     )
+
+
+DEFAULT_CHILD_TIMEOUT = timedelta(hours=24)
+"""`SessionConfig.handoff_child_timeout_s` by default."""
 
 
 class ChildGone(Exception):
@@ -123,9 +130,18 @@ class HandoffLink:
             raise ChildGone(f"the handoff child reports to run {owner or '(none)'}, not this run")
         self._owned = True
 
-    async def start(self, inp: HandoffInput, child_id: str, events: list[StateEvent]) -> None:
+    async def start(
+        self,
+        inp: HandoffInput,
+        child_id: str,
+        events: list[StateEvent],
+        timeout: timedelta = DEFAULT_CHILD_TIMEOUT,
+    ) -> None:
         """Start the child with a snapshot; `inp.events_since_last_handoff` is `events` now.
 
+        The child gets `timeout` as its execution timeout and is terminated when this
+        run closes (parent close policy), so it never outlives the session; sessions
+        recorded before replay without the timeout (`workflow.patched("child-timeout-1")`).
         If a child with that id is still running (it belongs to a run that was reset
         away), the stale one is cancelled and this run's child gets a run-scoped id.
 
@@ -135,13 +151,16 @@ class HandoffLink:
         fixed = workflow.patched("handoff-cursor-1")
         if fixed:
             self.sent = len(inp.events_since_last_handoff)
+        bounded = workflow.patched("child-timeout-1")
         try:
-            self.handle = await self._start(inp, child_id)
+            self.handle = await self._start(inp, child_id, timeout if bounded else None)
         except WorkflowAlreadyStartedError:
             await _cancel_stale(child_id)
             try:
                 self.handle = await self._start(
-                    inp, f"{child_id}-{workflow.info().run_id[:8]}"
+                    inp,
+                    f"{child_id}-{workflow.info().run_id[:8]}",
+                    timeout if bounded else None,
                 )
             except FailureError as err:
                 raise ChildGone(str(err)) from err
@@ -150,13 +169,15 @@ class HandoffLink:
 
     @staticmethod
     async def _start(
-        inp: HandoffInput, child_id: str
+        inp: HandoffInput, child_id: str, timeout: timedelta | None
     ) -> workflow.ChildWorkflowHandle[Any, HandoffPayload]:
         return await workflow.start_child_workflow(
             "HandoffWorkflow",
             inp,
             id=child_id,
             result_type=HandoffPayload,
+            execution_timeout=timeout,
+            parent_close_policy=ParentClosePolicy.TERMINATE,
             static_summary=f"handoff of generation {inp.generation}",
             static_details=(
                 f"Builds the handoff payload for session {inp.session_id}, generation "

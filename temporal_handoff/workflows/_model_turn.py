@@ -6,7 +6,8 @@ Every outcome is a value the run loop can act on; nothing here raises into the l
 - the call cannot succeed now (non-retryable error, or the retry limit reached):
   `failure`, which the session turns into a human-decision blocker;
 - a human paused or aborted while the call was in flight (`interrupted`): the
-  activity is cancelled and the turn does not count.
+  activity is cancelled and the turn does not count (unless its result had already
+  come: then it is used, never dropped and paid for twice).
 
 User tools run with their own `ToolPolicy`; when the attempts are spent, the error goes
 to the model as a `tool_result` with `is_error: true`.
@@ -55,9 +56,15 @@ async def until_done_or_interrupted(
         return await handle
     handle.cancel()
     try:
-        await handle
+        result = await handle
     except (ActivityError, asyncio.CancelledError):
-        pass
+        raise Interrupted() from None
+    # The activity had completed: its result came in the same workflow task as the
+    # interruption (signals are handled first), so the cancel came too late. The call
+    # was made (and paid for): use it, as if the result had come a moment earlier.
+    # Sessions recorded before replay the old way (result dropped, call made again).
+    if workflow.patched("interrupted-call-result-1"):
+        return result
     raise Interrupted()
 
 

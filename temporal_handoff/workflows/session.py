@@ -752,7 +752,12 @@ class AgentSessionWorkflow:
                 f"handoff input is {size:,} bytes, over max_carry_bytes="
                 f"{self._cfg.max_carry_bytes:,}",
             )
-        await self._link.start(inp, f"{info.workflow_id}-handoff-{self._generation}", book.events)
+        await self._link.start(
+            inp,
+            f"{info.workflow_id}-handoff-{self._generation}",
+            book.events,
+            timedelta(seconds=self._cfg.handoff_child_timeout_s),
+        )
 
     async def _handoff(self, reason: TerminationReason) -> SessionResult:
         if self._generation + 1 >= self._cfg.max_generations:
