@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,16 @@ def chunk_digests(root: Path, claim: Any) -> list[str]:
     manifest = blob_path(root, claim.claim_data["m"]).read_bytes()
     _, _, digests = storage._parse_manifest(manifest)
     return [d.hex() for d in digests]
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, cap: float = 30.0) -> None:
+    """Poll `predicate` until true; fail after `cap` seconds instead of hanging."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cap
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"gave up after {cap:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 async def storage_cli(env: WorkflowEnvironment, *args: str) -> tuple[int, str, str]:
@@ -316,7 +327,10 @@ async def test_gc_of_a_live_session_is_refused_and_the_session_completes(
                     lambda s: s.paused and s.generation == 0 and s.tasks_done >= 1,
                     "paused in WARNING with the handoff child running",
                 )
-                assert f"{wid}-handoff-0" in session_scopes(root, wid)
+                await wait_for(
+                    lambda: f"{wid}-handoff-0" in session_scopes(root, wid),
+                    "the handoff child's payloads in the store",
+                )
                 before = blob_files(root)
                 code, out, err = await storage_cli(env, "gc", str(root), wid, "--grace-s", "0")
                 assert code == 2, (code, out, err)
@@ -337,12 +351,14 @@ async def test_gc_of_a_live_session_is_refused_and_the_session_completes(
         SessionInput(config=SessionConfig(model=MODEL), project=_project(3), paused=True),
         id=f"{wid}-handoff-99", task_queue=f"nobody-{uuid.uuid4()}",
     )
-    assert squatter.id in session_scopes(root, wid)
-    before = blob_files(root)
-    code, out, err = await storage_cli(env, "gc", str(root), wid, "--grace-s", "0")
-    assert code == 2 and f"handoff child {squatter.id!r}" in err and "RUNNING" in err, err
-    assert blob_files(root) == before
-    await squatter.terminate("test")
+    try:
+        assert squatter.id in session_scopes(root, wid)
+        before = blob_files(root)
+        code, out, err = await storage_cli(env, "gc", str(root), wid, "--grace-s", "0")
+        assert code == 2 and f"handoff child {squatter.id!r}" in err and "RUNNING" in err, err
+        assert blob_files(root) == before
+    finally:
+        await squatter.terminate("test")
 
     code, out, err = await storage_cli(env, "gc", str(root), wid, "--grace-s", "0")
     assert code == 0, err
@@ -388,7 +404,7 @@ async def test_gc_collects_the_children_of_a_long_workflow_id(tmp_path: Path) ->
     assert all(len(n) < 200 for n in names) and len(names) == 5
     # A directory written before scope files existed: the generation is recomputed.
     legacy = tmp_path / "index" / storage._scope_dir_name(f"{wid}-handoff-5")
-    (legacy / "scope").unlink()
+    (legacy / "scope").unlink(missing_ok=True)
     assert session_scopes(tmp_path, wid) == sorted(mine)
     result = gc_session(tmp_path, wid, grace_s=0)
     assert sorted(result.scopes) == sorted(mine)
@@ -426,8 +442,8 @@ async def test_a_corrupt_blob_is_repaired_by_the_next_writer_with_the_bytes(
 
     writer = LocalStorageDriver(tmp_path, min_chunk=1024)  # another worker process
     await writer.store(ctx("sess-b"), [payload])
-    assert writer.stats.repaired_files == 2
     assert verify_store(tmp_path).ok
+    assert writer.stats.repaired_files == 2
     assert await LocalStorageDriver(tmp_path).retrieve(RETRIEVE, [claim]) == [payload]
     assert not any((tmp_path / "tmp").iterdir())
 
@@ -440,7 +456,7 @@ async def test_a_corrupt_blob_is_repaired_by_the_next_writer_with_the_bytes(
     with pytest.raises(BlobUnavailableError):
         await reader.retrieve(RETRIEVE, [claim])
     await reader.store(ctx("sess-b"), [payload])
-    assert reader.stats.repaired_files == 1 and verify_store(tmp_path).ok
+    assert verify_store(tmp_path).ok and reader.stats.repaired_files == 1
 
 
 async def test_an_unreadable_blob_is_one_line_naming_its_sha256(

@@ -158,8 +158,8 @@ class StoreFullError(OSError):
 
 _RECOVER = (
     "recover: restore the blob (a writer storing the same content rewrites it; "
-    "`python -m temporal_handoff.workers.storage verify DIR` lists damaged blobs), "
-    "then `temporal workflow reset` the failed workflow"
+    "`python -m temporal_handoff.workers.storage verify DIR` lists damaged ones), then "
+    "the next attempt reads it, or `temporal workflow reset` a workflow that already failed"
 )
 
 
@@ -636,8 +636,8 @@ def _claimed_size(claim: StorageDriverClaim) -> int:
 def _same_bytes(path: Path, content: bytes) -> bool:
     """Does the file hold exactly `content` (hence hash to its name)?"""
     try:
-        with open(path, "rb") as f:
-            return f.read(len(content) + 1) == content
+        with open(path, "rb", buffering=0) as f:
+            return f.readall() == content
     except FileNotFoundError:
         return False
 
