@@ -62,6 +62,19 @@ async def cli_start(
     return wid
 
 
+async def delta_then_seal(
+    env: WorkflowEnvironment, client: Client, wid: str, delta: Any, seal: Any
+) -> HandoffPayload:
+    """Signal a handoff child `delta` then `seal` with the plain CLI; its payload."""
+    for name, arg in (("delta", delta), ("seal", seal)):
+        await temporal_cli(
+            env, "workflow", "signal", "--workflow-id", wid, "--name", name,
+            "--input", json.dumps(arg),
+        )
+    handle = client.get_workflow_handle(wid, result_type=HandoffPayload)
+    return await guarded(client, wid, handle.result(), "the sealed payload")
+
+
 def newer_session_input() -> tuple[dict[str, Any], str]:
     """A generation-1 input as a newer worker would write it: a field this code does not
     know at every level (input, config, project, phase, task, ledger, lineage, the
@@ -210,13 +223,7 @@ async def test_child_applies_a_newer_delta_and_seal(
         async with running_worker(client, task_queue, fake.base_url):
             wid = await cli_start(env, "HandoffWorkflow", task_queue, child_input)
             async with cleanup(client, env, wid):
-                for name, arg in (("delta", delta), ("seal", seal)):
-                    await temporal_cli(
-                        env, "workflow", "signal", "--workflow-id", wid, "--name", name,
-                        "--input", json.dumps(arg),
-                    )
-                handle = client.get_workflow_handle(wid, result_type=HandoffPayload)
-                payload = await guarded(client, wid, handle.result(), "the sealed payload")
+                payload = await delta_then_seal(env, client, wid, delta, seal)
     assert payload.document is not None
     assert payload.document.progress.done == 2, payload.document.progress
     assert {t.id for t in payload.document.work_completed} == set(tasks[:2])
@@ -250,13 +257,7 @@ async def test_child_names_events_it_cannot_read_and_fails_on_an_unreadable_seal
             wid = await cli_start(env, "HandoffWorkflow", task_queue, child_input)
             bad = await cli_start(env, "HandoffWorkflow", task_queue, child_input)
             async with cleanup(client, env, wid), cleanup(client, env, bad):
-                for name, arg in (("delta", delta), ("seal", seal)):
-                    await temporal_cli(
-                        env, "workflow", "signal", "--workflow-id", wid, "--name", name,
-                        "--input", json.dumps(arg),
-                    )
-                handle = client.get_workflow_handle(wid, result_type=HandoffPayload)
-                payload = await guarded(client, wid, handle.result(), "the sealed payload")
+                payload = await delta_then_seal(env, client, wid, delta, seal)
                 await temporal_cli(
                     env, "workflow", "signal", "--workflow-id", bad, "--name", "seal",
                     "--input", json.dumps({**seal, "reason": "QUANTUM_HANDOFF"}),
