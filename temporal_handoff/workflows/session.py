@@ -104,6 +104,8 @@ class AgentSessionWorkflow:
         self._model = self._cfg.model_for(inp.generation)
         self._ledger = (inp.ledger or TokenLedger()).new_generation()
         self._lifecycle = LifecycleState.INITIALIZING
+        self._upserted: LifecycleState | None = None
+        """The lifecycle the search attributes show."""
         self._book = SessionBook(
             state=inp.project.model_copy(deep=True),
             generation=inp.generation,
@@ -495,6 +497,7 @@ class AgentSessionWorkflow:
                 LifecycleState.PAUSED if book.paused else LifecycleState.AWAITING_DECISION
             )
             self._set_details()
+            self._show_wait()
             condition = (lambda: runnable() or handoff_due()) if wake_on_history else runnable
             timeout = self._cfg.human_decision_timeout_s
             if book.paused or timeout is None:
@@ -515,6 +518,7 @@ class AgentSessionWorkflow:
         self._lifecycle = self._ledger.state_for(
             self._cfg.warn_threshold, self._cfg.handoff_threshold
         )
+        self._show_wait()
 
     def _defer_decisions(self) -> None:
         for b in self._book.state.open_blockers():
@@ -786,6 +790,7 @@ class AgentSessionWorkflow:
         self._lifecycle = LifecycleState.HANDOFF_PENDING
         book.phase = Phase.SEALING
         self._set_details()
+        self._show_wait()
         try:
             payload = await self._sealed_payload(reason, fast)
         except (ChildWorkflowError, ActivityError) as err:
@@ -915,7 +920,7 @@ class AgentSessionWorkflow:
         self._lifecycle = LifecycleState.TERMINATED
         await self._notified()
         await self._start_notify("TERMINATED", reason)
-        self._upsert_visibility(document)
+        self._upsert_visibility(document, end_reason=reason)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return SessionResult(
             session_id=workflow.info().workflow_id,
@@ -997,11 +1002,28 @@ class AgentSessionWorkflow:
             self._generation, self._turn, self._lifecycle, self._ledger, self._book.state
         )
 
-    def _upsert_visibility(self, payload: HandoffPayload | None) -> None:
+    def _upsert_visibility(
+        self, payload: HandoffPayload | None, end_reason: TerminationReason | None = None
+    ) -> None:
         self._set_details()
+        # From patch "wait-visibility-1" on: NeedsHuman, the end reason in the memo, and
+        # an upsert at every wait (pause, decision, handoff), not only after turns.
+        current = workflow.patched("wait-visibility-1")
         vis.upsert(
-            self._cfg, self._generation, self._lifecycle, self._ledger, self._book.state, payload
+            self._cfg, self._generation, self._lifecycle, self._ledger, self._book.state, payload,
+            needs_human=(
+                end_reason is None and self._book.state.human_decision_pending()
+                if current
+                else None
+            ),
+            end_reason=end_reason if current else None,
         )
+        self._upserted = self._lifecycle
+
+    def _show_wait(self) -> None:
+        """Upsert the lifecycle when a wait changes it (visible to list queries)."""
+        if self._upserted != self._lifecycle and workflow.patched("wait-visibility-1"):
+            self._upsert_visibility(None)
 
 
 def _is_cancellation(err: BaseException) -> bool:
