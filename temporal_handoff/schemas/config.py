@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -25,6 +26,10 @@ STATE_TOOL_NAMES = (
 
 TURN_RESERVE_TOKENS = 500
 """Room a generation needs for at least one turn beyond its fixed prompt."""
+
+MAX_TOKENS_RETRIES = 3
+"""With `on_max_tokens="retry"`: how many times in a row a turn cut at `max_tokens` is
+asked again with `max_tokens` doubled before the session raises a blocker."""
 
 DEFAULT_LEVEL_BUDGETS: dict[str, int] = {"minimal": 500, "standard": 1200, "full": 2000}
 
@@ -58,7 +63,16 @@ class SessionConfig(DurableModel):
     usd_budget: float | None = Field(default=None, gt=0)
     """Stop with BUDGET_EXHAUSTED once cumulative cost reaches this."""
     max_tokens: int = Field(default=4096, ge=1, le=128_000)
-    """`max_tokens` per model call."""
+    """`max_tokens` per model call. Must not exceed the model's output limit (Models
+    API), and the fixed prompt + one turn + `max_tokens` must fit in the window: the
+    session checks both at start (CONFIG_ERROR) and reserves `max_tokens` in every
+    pre-flight (prompt + `max_tokens` ≤ window)."""
+    on_max_tokens: Literal["retry", "blocker"] = "retry"
+    """A reply cut at `max_tokens` (`stop_reason: "max_tokens"`) is never used: none of
+    its tool calls runs (the last one may be cut mid-input) and it is not added to the
+    conversation (its tokens are billed). `retry`: the same turn is asked again with
+    `max_tokens` doubled (up to the model's output limit), at most `MAX_TOKENS_RETRIES`
+    times in a row, then a blocker; `blocker`: a human-decision blocker at once."""
     stream_threshold: int = Field(default=16_000, ge=1)
     """Calls with `max_tokens` above this stream (SSE) with heartbeats."""
     max_turns_per_generation: int = Field(default=500, ge=1)
@@ -144,6 +158,26 @@ class SessionConfig(DurableModel):
             f"= {usable} usable, but system prompt + tools + continuation-prompt budget "
             f"({self.fixed_prompt_tokens()}) + one turn ({TURN_RESERVE_TOKENS}) need {need}"
         )
+
+    def max_tokens_shortfall(
+        self, window: int, output_limit: int | None, model: str = ""
+    ) -> str | None:
+        """Why `max_tokens` cannot work with this model, or None if it can: above the
+        model's output limit, or too big to fit in the window with the fixed prompt."""
+        name = f"{model}'s" if model else "the model's"
+        if output_limit is not None and self.max_tokens > output_limit:
+            return (
+                f"max_tokens: {self.max_tokens} is above {name} output limit of "
+                f"{output_limit} tokens (Models API)"
+            )
+        need = self.fixed_prompt_tokens() + TURN_RESERVE_TOKENS + self.max_tokens
+        if need > window:
+            return (
+                f"max_tokens: {self.max_tokens} + system prompt + tools + continuation-prompt "
+                f"budget ({self.fixed_prompt_tokens()}) + one turn ({TURN_RESERVE_TOKENS}) = "
+                f"{need} tokens, more than the {window}-token context window"
+            )
+        return None
 
     def model_for(self, generation: int) -> str:
         if generation > 0 and self.successor_model:
