@@ -222,11 +222,28 @@ async def test_max_tokens_over_the_output_limit_is_refused_at_start(
     assert result.final_handoff is not None  # resumable with a fixed config
 
 
-def test_max_tokens_that_cannot_fit_the_window_is_named() -> None:
+def test_max_tokens_room_in_a_small_window() -> None:
     cfg = SessionConfig(max_tokens=4_096)
-    reason = cfg.max_tokens_shortfall(4_000, 64_000, NEW)
-    assert reason is not None and reason.startswith("max_tokens: 4096 ")
-    assert "4000-token context window" in reason
-    assert cfg.max_tokens_shortfall(200_000, 64_000, NEW) is None
-    assert "output limit of 8192" in (cfg.model_copy(update={"max_tokens": 10_000})
-                                      .max_tokens_shortfall(200_000, 8_192, NEW) or "")
+    assert cfg.max_tokens_shortfall(64_000, NEW) is None
+    reason = cfg.model_copy(update={"max_tokens": 10_000}).max_tokens_shortfall(8_192, NEW)
+    assert reason == f"max_tokens: 10000 is above {NEW}'s output limit of 8192 tokens (Models API)"
+    assert cfg.max_tokens_room(200_000) > 4_096
+    assert cfg.max_tokens_room(4_000) == 4_000 - cfg.fixed_prompt_tokens() - 500
+
+
+async def test_max_tokens_too_big_for_the_window_is_reduced_to_fit(
+    client: Client, task_queue: str
+) -> None:
+    """A session whose window cannot hold max_tokens beside its prompt (e.g. an input
+    from an older worker) still runs: each call asks for what fits."""
+    n = 6
+    brain = RecordingBrain(tasks_per_turn=2, decision_every=0)
+    with FakeAnthropicServer(brain=brain, context_windows={OLD: 4_000}) as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            handle = await start(client, task_queue, n, model=OLD, max_tokens=4_096)
+            result = await finished_without_blocker(client, handle, cap=120)
+        reqs = fake.message_requests()
+    assert_completed(result, n)
+    room = SessionConfig().max_tokens_room(4_000)
+    assert {b["max_tokens"] for b in brain.bodies} == {room}
+    assert [r.status for r in reqs if r.status != 200] == []

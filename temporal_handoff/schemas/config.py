@@ -63,10 +63,11 @@ class SessionConfig(DurableModel):
     usd_budget: float | None = Field(default=None, gt=0)
     """Stop with BUDGET_EXHAUSTED once cumulative cost reaches this."""
     max_tokens: int = Field(default=4096, ge=1, le=128_000)
-    """`max_tokens` per model call. Must not exceed the model's output limit (Models
-    API), and the fixed prompt + one turn + `max_tokens` must fit in the window: the
-    session checks both at start (CONFIG_ERROR) and reserves `max_tokens` in every
-    pre-flight (prompt + `max_tokens` ≤ window)."""
+    """`max_tokens` per model call. Above the model's output limit (Models API) the
+    session stops at start with CONFIG_ERROR. Every pre-flight reserves it (prompt +
+    `max_tokens` ≤ window, not only prompt ≤ the handoff threshold); a window too small
+    for the fixed prompt + one turn + `max_tokens` gets the largest `max_tokens` that
+    fits (`max_tokens_room`)."""
     on_max_tokens: Literal["retry", "blocker"] = "retry"
     """A reply cut at `max_tokens` (`stop_reason: "max_tokens"`) is never used: none of
     its tool calls runs (the last one may be cut mid-input) and it is not added to the
@@ -159,25 +160,21 @@ class SessionConfig(DurableModel):
             f"({self.fixed_prompt_tokens()}) + one turn ({TURN_RESERVE_TOKENS}) need {need}"
         )
 
-    def max_tokens_shortfall(
-        self, window: int, output_limit: int | None, model: str = ""
-    ) -> str | None:
-        """Why `max_tokens` cannot work with this model, or None if it can: above the
-        model's output limit, or too big to fit in the window with the fixed prompt."""
+    def max_tokens_shortfall(self, output_limit: int | None, model: str = "") -> str | None:
+        """Why the API would refuse every call's `max_tokens`, or None: above the model's
+        output limit."""
         name = f"{model}'s" if model else "the model's"
         if output_limit is not None and self.max_tokens > output_limit:
             return (
                 f"max_tokens: {self.max_tokens} is above {name} output limit of "
                 f"{output_limit} tokens (Models API)"
             )
-        need = self.fixed_prompt_tokens() + TURN_RESERVE_TOKENS + self.max_tokens
-        if need > window:
-            return (
-                f"max_tokens: {self.max_tokens} + system prompt + tools + continuation-prompt "
-                f"budget ({self.fixed_prompt_tokens()}) + one turn ({TURN_RESERVE_TOKENS}) = "
-                f"{need} tokens, more than the {window}-token context window"
-            )
         return None
+
+    def max_tokens_room(self, window: int) -> int:
+        """The largest `max_tokens` that fits in `window` beside the fixed prompt and one
+        turn (at least 1)."""
+        return max(1, window - self.fixed_prompt_tokens() - TURN_RESERVE_TOKENS)
 
     def model_for(self, generation: int) -> str:
         if generation > 0 and self.successor_model:

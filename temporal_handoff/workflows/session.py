@@ -120,6 +120,7 @@ class AgentSessionWorkflow:
         self._turn_max_tokens: int | None = None
         """`max_tokens` raised for the current turn after a reply was cut at the limit."""
         self._max_tokens_retries = 0
+        self._last_max_tokens = self._cfg.max_tokens
         self._started: datetime | None = None
         self._notifying: list[workflow.ActivityHandle[None]] = []
         """Notifications running alongside the session; awaited at the next safe point."""
@@ -343,11 +344,9 @@ class AgentSessionWorkflow:
             # Every generation would hand off before its first call: stop now, with a
             # document to resume from once the config is fixed.
             return await self._finish(TerminationReason.CONFIG_ERROR, shortfall)
-        too_big = self._cfg.max_tokens_shortfall(
-            self._ledger.context_window, self._ledger.output_limit, self._model
-        )
+        too_big = self._cfg.max_tokens_shortfall(self._ledger.output_limit, self._model)
         if too_big and workflow.patched("max-tokens-limit-1"):
-            # The API would reject every call (or every reply would be cut): stop now.
+            # The API would reject every call: stop now, with a document to resume from.
             return await self._finish(TerminationReason.CONFIG_ERROR, too_big)
         self._upsert_visibility(inp.handoff)
         try:
@@ -477,8 +476,11 @@ class AgentSessionWorkflow:
         """A reply cut at `max_tokens`: never run its tool calls (the last may be cut
         mid-input, yet look well-formed) nor keep it in the conversation; ask the same
         turn again with `max_tokens` doubled, or raise a blocker (`on_max_tokens`)."""
-        current = self._turn_max_tokens or self._cfg.max_tokens
-        cap = self._ledger.output_limit or 128_000
+        current = self._last_max_tokens
+        cap = min(
+            self._ledger.output_limit or 128_000,
+            self._cfg.max_tokens_room(self._ledger.context_window),
+        )
         if (
             self._cfg.on_max_tokens == "retry"
             and self._max_tokens_retries < MAX_TOKENS_RETRIES
@@ -594,13 +596,16 @@ class AgentSessionWorkflow:
     async def _call_model(self) -> ModelResponse | None:
         """One model call; None if it was interrupted or opened a human blocker."""
         self._turn += 1
-        max_tokens = self._turn_max_tokens or self._cfg.max_tokens
+        max_tokens = self._cfg.max_tokens
         window = self._ledger.context_window
         limit = int(self._cfg.handoff_threshold * window)
         if workflow.patched("preflight-max-tokens-1"):
             # The reply must fit too: prompt + max_tokens ≤ window (older models reject
             # the call, newer ones cut the reply when the window is full).
+            room = self._cfg.max_tokens_room(window)
+            max_tokens = min(self._turn_max_tokens or max_tokens, room)
             limit = min(limit, window - max_tokens)
+        self._last_max_tokens = max_tokens
         req = ModelRequest(
             model=self._model,
             system=self._system(self._inp.handoff),
