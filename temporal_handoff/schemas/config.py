@@ -72,8 +72,9 @@ class SessionConfig(DurableModel):
     """A reply cut at `max_tokens` (`stop_reason: "max_tokens"`) is never used: none of
     its tool calls runs (the last one may be cut mid-input) and it is not added to the
     conversation (its tokens are billed). `retry`: the same turn is asked again with
-    `max_tokens` doubled (up to the model's output limit), at most `MAX_TOKENS_RETRIES`
-    times in a row, then a blocker; `blocker`: a human-decision blocker at once."""
+    `max_tokens` doubled (up to the model's output limit and what the window holds), at
+    most `MAX_TOKENS_RETRIES` times in a row, then a blocker; the raised value stays for
+    the rest of the generation. `blocker`: a human-decision blocker at once."""
     stream_threshold: int = Field(default=16_000, ge=1)
     """Calls with `max_tokens` above this stream (SSE) with heartbeats."""
     max_turns_per_generation: int = Field(default=500, ge=1)

@@ -118,7 +118,8 @@ class AgentSessionWorkflow:
         self._turn = 0
         self._fixed_tokens = self._cfg.fixed_prompt_tokens()
         self._turn_max_tokens: int | None = None
-        """`max_tokens` raised for the current turn after a reply was cut at the limit."""
+        """`max_tokens` raised after a reply was cut at the limit (kept for the rest of
+        this generation: the configured value is too small for this model's replies)."""
         self._max_tokens_retries = 0
         self._last_max_tokens = self._cfg.max_tokens
         self._started: datetime | None = None
@@ -440,7 +441,7 @@ class AgentSessionWorkflow:
             if resp.stop_reason == "max_tokens" and workflow.patched("max-tokens-stop-1"):
                 self._cut_at_max_tokens(resp)
                 continue
-            self._turn_max_tokens, self._max_tokens_retries = None, 0
+            self._max_tokens_retries = 0
             self._messages.append({"role": "assistant", "content": resp.content})
             self._known_upto = len(self._messages)
             if resp.stop_reason == "model_context_window_exceeded":
@@ -475,7 +476,8 @@ class AgentSessionWorkflow:
     def _cut_at_max_tokens(self, resp: ModelResponse) -> None:
         """A reply cut at `max_tokens`: never run its tool calls (the last may be cut
         mid-input, yet look well-formed) nor keep it in the conversation; ask the same
-        turn again with `max_tokens` doubled, or raise a blocker (`on_max_tokens`)."""
+        turn again with `max_tokens` doubled (kept for later turns of this generation:
+        every cut reply pays for its whole prompt), or raise a blocker (`on_max_tokens`)."""
         current = self._last_max_tokens
         cap = min(
             self._ledger.output_limit or 128_000,
