@@ -46,7 +46,7 @@ async def main(version: str) -> None:
             async with running_worker(client, "record", fake.base_url):
                 handle = await start_session(
                     client, "record", synthetic_project(40, 3), prefix="recorded",
-                    context_window=3_500,
+                    context_window=3_500, max_tokens=300,
                 )
                 await handle.execute_update("say", SayArgs(text="prefer small steps"))
                 await handle.signal("pause")

@@ -93,7 +93,7 @@ def newer_session_input() -> tuple[dict[str, Any], str]:
     )
     say = f"queued by a newer worker {uuid.uuid4().hex[:6]}"
     inp = SessionInput(
-        config=SessionConfig(context_window=WINDOW, max_generations=40),
+        config=SessionConfig(context_window=WINDOW, max_tokens=300, max_generations=40),
         project=project,
         handoff=payload,
         generation=1,
@@ -164,7 +164,7 @@ async def test_newer_worker_runs_an_older_input(
     older = recorded_input("v0", 1)
     minimal = json.loads(
         SessionInput(
-            config=SessionConfig(context_window=WINDOW), project=synthetic_project(6, 2)
+            config=SessionConfig(context_window=WINDOW, max_tokens=300), project=synthetic_project(6, 2)
         ).model_dump_json(exclude_defaults=True)
     )
     assert set(minimal) == {"config", "project"}, minimal

@@ -99,6 +99,9 @@ class ModelInfoResult(DurableModel):
     context_window: int = Field(gt=0)
     source: str
     """'config', 'models_api' or 'table'."""
+    max_output_tokens: int | None = None
+    """The model's output limit (largest `max_tokens`) from the Models API; None if
+    unknown."""
 
 
 def block_text(block: Any) -> str:

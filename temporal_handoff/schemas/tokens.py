@@ -143,6 +143,8 @@ class TokenLedger(DurableModel):
     """
 
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0)
+    output_limit: int | None = None
+    """The model's largest `max_tokens` (Models API), None if unknown."""
     occupancy: int = Field(default=0, ge=0)
     """Exact prompt size as of the last call: its prompt tokens plus its output."""
     pending_estimate: int = Field(default=0, ge=0)

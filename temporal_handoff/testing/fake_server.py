@@ -29,6 +29,10 @@ Token accounting (what tests assert against):
   are 0.
 * A prompt count above the model's context window is rejected with 400
   ``invalid_request_error`` ``prompt is too long: N tokens > M maximum``.
+* Replies are cut at ``max_tokens`` (``stop_reason: "max_tokens"``, possibly inside a
+  tool input) and at a full context window (``model_context_window_exceeded``, or a
+  400 for older models); streams can end with a mid-stream ``event: error``
+  (`Fault.stream_error`, ``stream_error_rate``). See `fake_responses`.
 
 Faults (`Fault`) inject errors, delays and dropped connections; every request is
 logged as a `RequestRecord` in `FakeAnthropicServer.requests`.
@@ -56,6 +60,7 @@ from aiohttp import web
 
 from temporal_handoff.activities.tokenizer import get_encoder
 from temporal_handoff.schemas.model_io import block_text, prompt_text
+from temporal_handoff.testing import fake_responses
 from temporal_handoff.testing.brain import Brain, BrainReply, ScriptedAgentBrain
 
 __all__ = [
@@ -96,6 +101,9 @@ _DEFAULT_ERROR_MESSAGES: dict[str, str] = {
     "timeout_error": "Request timed out.",
     "overloaded_error": "Overloaded",
 }
+
+_STATUS_OF_TYPE: dict[str, int] = {t: s for s, t in DEFAULT_ERROR_TYPES.items()}
+
 
 def _encoding() -> Any:
     """The offline cl100k encoding, shared with the activities' tokenizer."""
@@ -140,6 +148,11 @@ class Fault:
         stop_reason: For non-error faults, override the reply's ``stop_reason``
             (e.g. ``"model_context_window_exceeded"`` or ``"max_tokens"``).
         headers: Extra response headers.
+        stream_error: Error ``type`` (e.g. ``"overloaded_error"``) sent as a
+            mid-stream ``event: error`` after a 200 and ``stream_error_after`` events;
+            a non-streaming request gets that error's HTTP status instead (529).
+        stream_error_after: SSE events sent before the error (at least
+            ``message_start``).
         applied: How many times the fault has applied (maintained by the server).
     """
 
@@ -157,12 +170,16 @@ class Fault:
     match: str | None = None
     stop_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    stream_error: str | None = None
+    stream_error_after: int = 3
     applied: int = 0
 
     def describe(self) -> str:
         """Short description for the request log."""
         if self.drop_connection:
             return "drop_connection"
+        if self.stream_error is not None:
+            return f"mid-stream {self.stream_error}"
         if self.status is not None:
             return f"{self.status} {self.resolved_error_type()}"
         if self.stop_reason is not None:
@@ -267,6 +284,8 @@ class FakeAnthropicServer:
         backlog: int = 2048,
         api_key: str | None = None,
         workers: int | None = None,
+        stream_error_rate: float = 0.0,
+        max_request_bytes: int = fake_responses.MAX_REQUEST_BYTES,
     ) -> None:
         """Configure the server (nothing listens until `start`).
 
@@ -291,6 +310,9 @@ class FakeAnthropicServer:
                 token) or get 401 ``authentication_error``.
             workers: Threads for token counting and the brain (default: CPU
                 count, max 8), so big prompts do not stall the event loop.
+            stream_error_rate: Probability (seeded RNG) that a streamed reply ends
+                with a mid-stream ``overloaded_error`` event, as under real load.
+            max_request_bytes: Larger request bodies get 413 ``request_too_large``.
         """
         self.brain: Brain = brain if brain is not None else ScriptedAgentBrain()
         self.drift = drift
@@ -303,6 +325,8 @@ class FakeAnthropicServer:
         self.backlog = backlog
         self.api_key = api_key
         self._workers = workers or min(8, os.cpu_count() or 2)
+        self.stream_error_rate = stream_error_rate
+        self.max_request_bytes = max_request_bytes
 
         self._lock = threading.Lock()
         self._faults: list[Fault] = list(faults)
@@ -641,6 +665,15 @@ class FakeAnthropicServer:
             record.metadata = dict(body["metadata"])
         self._check_auth(request)
         fault = await self._apply_fault(request, record, raw)
+        if fault is not None and fault.stream_error is not None and not record.stream:
+            raise _ApiError(
+                _STATUS_OF_TYPE.get(fault.stream_error, 500),
+                _DEFAULT_ERROR_MESSAGES.get(fault.stream_error, "Error"),
+                fault.stream_error,
+            )
+        too_large = fake_responses.check_request_size(raw, self.max_request_bytes)
+        if too_large:
+            raise _ApiError(413, too_large)
         self._validate_messages_body(body)
         model = str(body["model"])
 
@@ -649,6 +682,11 @@ class FakeAnthropicServer:
         window = self.context_window(model)
         if prompt > window:
             raise _ApiError(400, f"prompt is too long: {prompt} tokens > {window} maximum")
+        limit = fake_responses.context_limit(model, prompt, int(body["max_tokens"]), window)
+        if isinstance(limit, str):
+            raise _ApiError(400, limit)
+        cut = fake_responses.limit_reply(content, output, *limit, drift=self.drift)
+        content, output = cut.content, cut.output_tokens
 
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
@@ -657,6 +695,7 @@ class FakeAnthropicServer:
         usage["output_tokens"] = output
         stop_reason = (
             (fault.stop_reason if fault is not None else None)
+            or cut.stop_reason
             or (reply.stop_reason if reply is not None else None)
             or ("tool_use" if any(b.get("type") == "tool_use" for b in content) else "end_turn")
         )
@@ -672,7 +711,14 @@ class FakeAnthropicServer:
         }
         record.usage = dict(usage)
         if record.stream:
-            return await self._stream(request, record, message)
+            interrupt = fault.stream_error if fault is not None else None
+            if interrupt is None and self.stream_error_rate > 0:
+                with self._lock:
+                    if self._rng.random() < self.stream_error_rate:
+                        interrupt = "overloaded_error"
+                        record.fault = "mid-stream overloaded_error (rate)"
+            after = fault.stream_error_after if fault is not None else 3
+            return await self._stream(request, record, message, cut.partial_json, interrupt, after)
         return self._finish(record, web.json_response(message))
 
     def _compute(
@@ -701,9 +747,17 @@ class FakeAnthropicServer:
             raise _ApiError(400, "messages: at least one message is required")
 
     async def _stream(
-        self, request: web.Request, record: RequestRecord, message: dict[str, Any]
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        message: dict[str, Any],
+        partial_json: Mapping[int, str] | None = None,
+        interrupt: str | None = None,
+        interrupt_after: int = 3,
     ) -> web.StreamResponse:
-        """Send ``message`` as the real API's SSE event sequence."""
+        """Send ``message`` as the real API's SSE event sequence (cut tool inputs as
+        ``partial_json``; ``interrupt``: an error type sent mid-stream instead of the
+        rest)."""
         response = web.StreamResponse(
             status=200,
             headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
@@ -715,8 +769,16 @@ class FakeAnthropicServer:
             payload = f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
             await response.write(payload.encode("utf-8"))
 
+        emit: Callable[[str, dict[str, Any]], Awaitable[None]] = send
+        if interrupt is not None:
+            emit = fake_responses.interrupting_send(
+                send, interrupt_after, interrupt, _DEFAULT_ERROR_MESSAGES.get(interrupt, "Error")
+            )
         try:
-            await self._send_events(send, message)
+            try:
+                await self._send_events(emit, message, partial_json)
+            except fake_responses.StreamInterrupted:
+                record.error = f"mid-stream {interrupt}"
             await response.write_eof()
         except ConnectionError:
             # The client went away mid-stream (e.g. its timeout fired); nothing to do.
@@ -726,7 +788,9 @@ class FakeAnthropicServer:
 
     @staticmethod
     async def _send_events(
-        send: Callable[[str, dict[str, Any]], Awaitable[None]], message: dict[str, Any]
+        send: Callable[[str, dict[str, Any]], Awaitable[None]],
+        message: dict[str, Any],
+        partial_json: Mapping[int, str] | None = None,
     ) -> None:
         """The real API's event sequence for one message."""
         usage = message["usage"]
@@ -772,7 +836,9 @@ class FakeAnthropicServer:
                     },
                 )
                 # The real API sends an empty first delta, then JSON fragments.
-                partial = json.dumps(block.get("input", {}), separators=(",", ":"))
+                partial = (partial_json or {}).get(index)
+                if partial is None:
+                    partial = json.dumps(block.get("input", {}), separators=(",", ":"))
                 for piece in ["", *_chunks(partial, 32)]:
                     await send(
                         "content_block_delta",
