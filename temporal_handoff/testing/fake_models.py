@@ -1,7 +1,8 @@
 """The fake Anthropic server's model catalogue: ids, context windows, output limits.
 
 Figures are Anthropic's published ones (platform.claude.com model overview pages,
-checked December 2026): Claude Opus 4.6 and Sonnet 4.6 have a 1M-token context window
+checked December 2026): the 5.x models (Fable 5.1, Opus/Sonnet/Haiku 5.5, Sonnet 5)
+have a 1M-token window and 128K max output (release dates approximate); Claude Opus 4.6 and Sonnet 4.6 have a 1M-token context window
 and 128K max output; Sonnet 4.5, Haiku 4.5 and Opus 4.5 have 200K and 64K; Opus 4 and
 4.1 200K and 32K; Sonnet 4 200K and 64K; Haiku 3.5 200K and 8,192.
 
@@ -46,6 +47,16 @@ class FakeModel:
 MODELS: dict[str, FakeModel] = {
     m.id: m
     for m in (
+        FakeModel("claude-fable-5-1", "Claude Fable 5.1", 1_000_000, 128_000, True,
+                  "2026-09-01T00:00:00Z"),
+        FakeModel("claude-opus-5-5", "Claude Opus 5.5", 1_000_000, 128_000, True,
+                  "2026-09-01T00:00:00Z"),
+        FakeModel("claude-sonnet-5-5", "Claude Sonnet 5.5", 1_000_000, 128_000, True,
+                  "2026-09-29T00:00:00Z"),
+        FakeModel("claude-haiku-5-5", "Claude Haiku 5.5", 1_000_000, 128_000, True,
+                  "2026-10-07T00:00:00Z"),
+        FakeModel("claude-sonnet-5", "Claude Sonnet 5", 1_000_000, 128_000, True,
+                  "2026-06-30T00:00:00Z"),
         FakeModel("claude-opus-4-6", "Claude Opus 4.6", 1_000_000, 128_000, True,
                   "2026-02-05T00:00:00Z"),
         FakeModel("claude-sonnet-4-6", "Claude Sonnet 4.6", 1_000_000, 128_000, True,
