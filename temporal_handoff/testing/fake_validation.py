@@ -29,11 +29,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from temporal_handoff.testing.fake_models import FakeModel
+from temporal_handoff.testing.fake_models import FakeModel, find_model
 
-__all__ = ["Rejection", "check_window", "validate_request"]
+__all__ = ["ModelLookup", "Rejection", "check_window", "validate_request"]
+
+
+class ModelLookup(Protocol):
+    """Finds a model by id: a ``dict[str, FakeModel]``, or the server's resolver."""
+
+    def get(self, model_id: str, /) -> FakeModel | None: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ def _bad(message: str) -> Rejection:
 
 def validate_request(
     body: Mapping[str, Any],
-    models: Mapping[str, FakeModel] | Any,
+    models: ModelLookup,
     *,
     anthropic_version: str | None,
     count_tokens: bool = False,
@@ -60,8 +66,7 @@ def validate_request(
 
     Args:
         body: The parsed JSON body.
-        models: Looks up a model id: anything with ``.get(model_id)`` returning a
-            `FakeModel` or None (e.g. a dict, or the server's resolver).
+        models: Looks up a model id (e.g. `fake_models.MODELS`, or the server).
         anthropic_version: The request's ``anthropic-version`` header (None: absent).
         count_tokens: The body is a ``count_tokens`` request (no ``max_tokens``).
     """
@@ -91,6 +96,8 @@ def validate_request(
         return _bad('messages: first message must use the "user" role')
 
     model = models.get(model_id)
+    if model is None and isinstance(models, Mapping):
+        model = find_model(model_id, models)  # dated ids of a plain catalogue
     if model is None:
         return Rejection(404, "not_found_error", f"model: {model_id}")
     if not count_tokens:
