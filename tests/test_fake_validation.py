@@ -195,3 +195,15 @@ def test_models_api_serves_the_catalogue(client: anthropic.Anthropic) -> None:
     assert caught.value.body["error"] == {  # type: ignore[index]
         "type": "not_found_error", "message": "model: claude-nonexistent",
     }
+
+
+def test_streaming_requests_are_validated_before_the_stream(client: anthropic.Anthropic) -> None:
+    """A rejected ``stream: true`` request gets the JSON error, no event stream."""
+    overrides, status, error_type, message = CASES["empty assistant content mid-conversation"]
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with client.messages.stream(model=MODEL, max_tokens=100, **overrides) as stream:
+            stream.get_final_message()
+    assert caught.value.status_code == status
+    assert caught.value.body["error"] == {  # type: ignore[index]
+        "type": error_type, "message": message,
+    }
