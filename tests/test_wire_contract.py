@@ -102,12 +102,14 @@ def test_wire_messages_drops_only_what_the_api_rejects() -> None:
     assert wire_messages(messages[:3])[2] is messages[2]  # untouched messages pass as they are
 
 
-def test_config_output_limits_are_the_models() -> None:
+def test_session_model_tables_are_the_published_ones() -> None:
     """`max_tokens` is checked at config time against the same published limits the
     strict fake enforces (so the session never sends a max_tokens the API rejects)."""
     from temporal_handoff.schemas.config import SessionConfig
-    from temporal_handoff.schemas.tokens import MAX_OUTPUT_TOKENS
+    from temporal_handoff.schemas.tokens import CONTEXT_WINDOWS, MAX_OUTPUT_TOKENS
     from temporal_handoff.testing.fake_models import MODELS
 
     assert {m: MODELS[m].max_output_tokens for m in MAX_OUTPUT_TOKENS} == MAX_OUTPUT_TOKENS
+    # The fallback windows (Models API unreachable) are the published ones too.
+    assert {m: MODELS[m].context_window for m in CONTEXT_WINDOWS} == CONTEXT_WINDOWS
     assert SessionConfig(model="claude-sonnet-4-6", max_tokens=128_000).max_tokens == 128_000

@@ -81,8 +81,8 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "claude-opus-4-5": 200_000,
     "claude-sonnet-4": 200_000,
     "claude-sonnet-4-5": 200_000,
-    "claude-sonnet-4-6": 200_000,
-    "claude-opus-4-6": 200_000,
+    "claude-sonnet-4-6": 1_000_000,
+    "claude-opus-4-6": 1_000_000,
     "claude-haiku-4-5": 200_000,
     "claude-3-5-haiku": 200_000,
 }
