@@ -59,10 +59,16 @@ def test_anthropic_sdk_api_resources_pass_against_strict_fake(sdk_tests: Path) -
              "-o", "addopts=--tb=short", *SUITE],
             cwd=sdk_tests, env=env, capture_output=True, text=True, timeout=600,
         )
-        rejected = [r for r in fake.requests if r.status is not None and r.status >= 400]
+        seen = fake.requests
+        rejected = [r for r in seen if r.status is not None and r.status >= 400]
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 100, summary
     assert not re.search(r"failed|error|skipped", summary), summary
     assert not rejected, [(r.path, r.status, r.error) for r in rejected]
+    # Every endpoint was exercised, streaming included.
+    assert {r.path for r in seen} >= {
+        "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/v1/models/model_id",
+    }
+    assert any(r.stream for r in seen)
