@@ -25,6 +25,7 @@ from temporal_handoff.schemas.model_io import (
     ModelResponse,
     message_text,
     prompt_text,
+    wire_messages,
 )
 from temporal_handoff.schemas.tokens import TokenUsage, fallback_context_window
 
@@ -157,7 +158,9 @@ class ModelActivities:
         kwargs: dict[str, Any] = {
             "model": req.model,
             "max_tokens": req.max_tokens,
-            "messages": req.messages,
+            # Never an empty assistant turn or a blank text block on the wire, even
+            # from sessions recorded before the workflow stopped keeping them.
+            "messages": wire_messages(req.messages),
             "metadata": {"user_id": activity.info().workflow_id or "session"},
         }
         if req.system:

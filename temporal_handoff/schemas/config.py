@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.model_io import ToolSpec
+from temporal_handoff.schemas.tokens import max_output_tokens
 from temporal_handoff.schemas.tools import state_tool_specs
 
 
@@ -133,6 +134,15 @@ class SessionConfig(DurableModel):
             shortfall = self.window_shortfall(self.context_window)
             if shortfall:
                 raise ValueError(shortfall)
+        for field in ("model", "successor_model"):
+            model = getattr(self, field)
+            limit = max_output_tokens(model) if model else None
+            if limit is not None and self.max_tokens > limit:
+                # The API would reject every call (400), each one a human blocker.
+                raise ValueError(
+                    f"max_tokens: {self.max_tokens} > {limit}, the output limit of "
+                    f"{field} {model}"
+                )
         reserved = {"recall", *STATE_TOOL_NAMES}
         for tool in self.user_tools:
             if tool.name in reserved:

@@ -86,18 +86,20 @@ def check_request_size(raw: str | bytes, limit: int) -> str | None:
 
 
 def context_limit(
-    model: str, prompt: int, max_tokens: int, window: int
+    model: str, prompt: int, max_tokens: int, window: int, *, stops: bool | None = None
 ) -> tuple[int, str] | str:
     """How many output tokens the reply may have, and the stop reason if it hits that.
 
     Returns ``(limit, stop_reason)``; or the 400 message (a str) when the request is
     rejected because prompt + ``max_tokens`` exceeds the window on an older model.
-    (A prompt alone over the window is rejected before this is consulted.)
+    (A prompt alone over the window is rejected before this is consulted.) ``stops``:
+    whether the model stops at the window (the model table's ``stops_on_overflow``);
+    None guesses from the model id.
     """
     room = window - prompt
     if max_tokens <= room:
         return max_tokens, "max_tokens"
-    if not stops_at_window(model):
+    if not (stops_at_window(model) if stops is None else stops):
         return exceed_context_limit_message(prompt, max_tokens, window)
     return max(room, 0), "model_context_window_exceeded"
 

@@ -34,6 +34,12 @@ Token accounting (what tests assert against):
   400 for older models); streams can end with a mid-stream ``event: error``
   (`Fault.stream_error`, ``stream_error_rate``). See `fake_responses`.
 
+Strict like the real API: every messages / count_tokens request is validated by
+`fake_validation` (roles, non-empty content and text, tool_use/tool_result pairing,
+``max_tokens`` against the model's output limit, unknown models → 404, the
+``anthropic-version`` header) and rejected with the real status, error type and
+message. Models, windows and output limits come from `fake_models`.
+
 Faults (`Fault`) inject errors, delays and dropped connections; every request is
 logged as a `RequestRecord` in `FakeAnthropicServer.requests`.
 """
@@ -62,6 +68,8 @@ from temporal_handoff.activities.tokenizer import get_encoder
 from temporal_handoff.schemas.model_io import block_text, prompt_text
 from temporal_handoff.testing import fake_responses
 from temporal_handoff.testing.brain import Brain, BrainReply, ScriptedAgentBrain
+from temporal_handoff.testing.fake_models import MODELS, FakeModel, find_model
+from temporal_handoff.testing.fake_validation import check_window, validate_request
 
 __all__ = [
     "DEFAULT_ERROR_TYPES",
@@ -275,8 +283,8 @@ class FakeAnthropicServer:
         drift: float = 1.15,
         latency_s: float = 0.0,
         context_windows: Mapping[str, int] | None = None,
-        default_context_window: int = 200_000,
-        max_output_tokens: int = 64_000,
+        default_context_window: int | None = None,
+        max_output_tokens: int | None = None,
         faults: Sequence[Fault] = (),
         seed: int = 0,
         host: str = "127.0.0.1",
@@ -296,10 +304,14 @@ class FakeAnthropicServer:
             latency_s: Non-blocking delay before answering each messages request.
             context_windows: Context window per model id. A key matches the model
                 id exactly or as a prefix followed by ``-`` (ids carry date
-                suffixes); the longest key wins. Also the catalogue for
-                ``GET /v1/models``.
-            default_context_window: Window for models not in ``context_windows``.
-            max_output_tokens: ``max_tokens`` reported by the Models API.
+                suffixes); the longest key wins. Keys that are not in the built-in
+                catalogue (`fake_models.MODELS`) become extra models; the Models API
+                serves both. Other ids are unknown models (404).
+            default_context_window: Window for catalogue models not in
+                ``context_windows`` (None: each model's published window).
+            max_output_tokens: Largest accepted ``max_tokens``, as the Models API
+                reports it (None: each model's published limit; 64,000 for extra
+                models).
             faults: Initial faults (see `add_fault`).
             seed: Seed of the RNG used for `Fault.rate` rolls.
             host: Interface to bind.
@@ -493,15 +505,44 @@ class FakeAnthropicServer:
         with self._lock:
             self._cache_seen.clear()
 
-    def context_window(self, model: str) -> int:
-        """The context window the server enforces for ``model``."""
+    def model(self, model_id: str) -> FakeModel | None:
+        """The model ``model_id`` names (with this server's windows and limits), or None."""
         best: str | None = None
         for key in self.context_windows:
-            if (model == key or model.startswith(key + "-")) and (
+            if (model_id == key or model_id.startswith(key + "-")) and (
                 best is None or len(key) > len(best)
             ):
                 best = key
-        return self.context_windows[best] if best is not None else self.default_context_window
+        base = find_model(model_id)
+        if base is None and best is None:
+            return None
+        if base is None:
+            assert best is not None
+            base = FakeModel(best, f"Fake {best}", 0, 64_000, True, "2025-01-01T00:00:00Z")
+        window = (
+            self.context_windows[best]
+            if best is not None
+            else self.default_context_window or base.context_window
+        )
+        return FakeModel(
+            model_id,
+            base.display_name,
+            window,
+            self.max_output_tokens or base.max_output_tokens,
+            base.stops_on_overflow,
+            base.created_at,
+        )
+
+    def get(self, model_id: str) -> FakeModel | None:
+        """Alias of `model` (the lookup `fake_validation` expects)."""
+        return self.model(model_id)
+
+    def context_window(self, model: str) -> int:
+        """The context window the server enforces for ``model`` (200K if unknown)."""
+        found = self.model(model)
+        return found.context_window if found is not None else (
+            self.default_context_window or 200_000
+        )
 
     # ---- accounting --------------------------------------------------------------
     def prompt_tokens(self, body: Mapping[str, Any]) -> int:
@@ -674,15 +715,20 @@ class FakeAnthropicServer:
         too_large = fake_responses.check_request_size(raw, self.max_request_bytes)
         if too_large:
             raise _ApiError(413, too_large)
-        self._validate_messages_body(body)
+        self._validate(request, body)
         model = str(body["model"])
 
         prompt, reply, content, output = await self._in_worker(self._compute, body)
         record.input_tokens = prompt
-        window = self.context_window(model)
-        if prompt > window:
-            raise _ApiError(400, f"prompt is too long: {prompt} tokens > {window} maximum")
-        limit = fake_responses.context_limit(model, prompt, int(body["max_tokens"]), window)
+        found = self.model(model)
+        assert found is not None  # validated
+        rejected = check_window(prompt, int(body["max_tokens"]), found)
+        if rejected is not None:
+            raise _ApiError(rejected.status, rejected.message, rejected.error_type)
+        limit = fake_responses.context_limit(
+            model, prompt, int(body["max_tokens"]), found.context_window,
+            stops=found.stops_on_overflow,
+        )
         if isinstance(limit, str):
             raise _ApiError(400, limit)
         cut = fake_responses.limit_reply(content, output, *limit, drift=self.drift)
@@ -736,15 +782,18 @@ class FakeAnthropicServer:
         content = [dict(b) for b in reply.content]
         return prompt, reply, content, self.output_tokens(content)
 
-    @staticmethod
-    def _validate_messages_body(body: Mapping[str, Any]) -> None:
-        if not isinstance(body.get("model"), str) or not body["model"]:
-            raise _ApiError(400, "model: Field required")
-        if not isinstance(body.get("max_tokens"), int):
-            raise _ApiError(400, "max_tokens: Field required")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _ApiError(400, "messages: at least one message is required")
+    def _validate(
+        self, request: web.Request, body: Mapping[str, Any], count_tokens: bool = False
+    ) -> None:
+        """Reject the request as the real API would (see `fake_validation`)."""
+        rejected = validate_request(
+            body,
+            self,
+            anthropic_version=request.headers.get("anthropic-version"),
+            count_tokens=count_tokens,
+        )
+        if rejected is not None:
+            raise _ApiError(rejected.status, rejected.message, rejected.error_type)
 
     async def _stream(
         self,
@@ -875,21 +924,28 @@ class FakeAnthropicServer:
         record.model = body.get("model") if isinstance(body.get("model"), str) else None
         self._check_auth(request)
         await self._apply_fault(request, record, raw)
-        if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
-            raise _ApiError(400, "model and messages are required")
+        self._validate(request, body, count_tokens=True)
         tokens = await self._in_worker(self.prompt_tokens, body)
         record.input_tokens = tokens
         return self._finish(record, web.json_response({"input_tokens": tokens}))
 
+    def model_ids(self) -> list[str]:
+        """Ids the Models API lists: extra models of ``context_windows``, then the catalogue."""
+        extra = [k for k in self.context_windows if find_model(k) is None]
+        return extra + [k for k in MODELS if k not in extra]
+
     def _model_info(self, model_id: str) -> dict[str, Any]:
+        found = self.model(model_id)
+        if found is None:
+            raise _ApiError(404, f"model: {model_id}", "not_found_error")
         return {
             "type": "model",
             "id": model_id,
-            "display_name": f"Fake {model_id}",
-            "created_at": "2025-01-01T00:00:00Z",
+            "display_name": found.display_name,
+            "created_at": found.created_at,
             "lifecycle": "active",
-            "max_input_tokens": self.context_window(model_id),
-            "max_tokens": self.max_output_tokens,
+            "max_input_tokens": found.context_window,
+            "max_tokens": found.max_output_tokens,
         }
 
     async def _handle_model(self, request: web.Request) -> web.StreamResponse:
@@ -906,9 +962,7 @@ class FakeAnthropicServer:
         async def handler(req: web.Request, record: RequestRecord) -> web.StreamResponse:
             self._check_auth(req)
             await self._apply_fault(req, record, "")
-            from temporal_handoff.schemas.tokens import CONTEXT_WINDOWS
-
-            ids = list(self.context_windows) or list(CONTEXT_WINDOWS)
+            ids = self.model_ids()
             data = [self._model_info(i) for i in ids]
             body = {
                 "data": data,

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ModelResponse,
         ToolSpec,
         message_text,
+        wire_content,
     )
     from temporal_handoff.schemas.project import BlockerType, EventError, StateEvent
     from temporal_handoff.schemas.session import (
@@ -444,7 +445,16 @@ class AgentSessionWorkflow:
                 self._cut_at_max_tokens(resp)
                 continue
             self._max_tokens_retries = 0
-            self._messages.append({"role": "assistant", "content": resp.content})
+            if workflow.patched("no-empty-turns-1"):
+                # Claude may end a turn with `content: []` (typically after tool results)
+                # or a blank text block; the API rejects both when sent back, so they are
+                # not kept (the next user message then follows the previous one, which
+                # the API combines into one turn).
+                content = wire_content(resp.content)
+                if content:
+                    self._messages.append({"role": "assistant", "content": content})
+            else:
+                self._messages.append({"role": "assistant", "content": resp.content})
             self._known_upto = len(self._messages)
             if resp.stop_reason == "model_context_window_exceeded":
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
