@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 import time
 import uuid
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.tasks, args.phases = 80, 3
     result = asyncio.run(run(args.tasks, args.phases, args.context_window, args.tasks_per_turn))
+    gc.collect()  # drop the Temporal clients before interpreter shutdown
     emit(args.json, result, table(result))
     return 0
 
