@@ -626,7 +626,7 @@ class FakeAnthropicServer:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
 
-        usage = self._usage(body, prompt)
+        usage = await self._in_worker(self._usage, body, prompt)  # hashing + counting: off the loop
         usage["output_tokens"] = output
         stop_reason = (
             (fault.stop_reason if fault is not None else None)
