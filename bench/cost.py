@@ -63,7 +63,9 @@ async def _run_mode(
             handle = await client.start_workflow(
                 "AgentSessionWorkflow",
                 SessionInput(
-                    config=SessionConfig(model=MODEL, context_window=window, user="bench"),
+                    config=SessionConfig(
+                        model=MODEL, context_window=window, max_tokens=1024, user="bench"
+                    ),
                     project=synthetic_project(tasks, phases),
                 ),
                 id=f"cost-{mode}-{uuid.uuid4().hex[:8]}",

@@ -44,7 +44,7 @@ async def _run(client: Client, conversation_cache: bool) -> TokenLedger:
         ):
             handle = await start_session(
                 client, task_queue, synthetic_project(80, 3), prefix="cache",
-                model=MODEL, context_window=WINDOW,
+                model=MODEL, context_window=WINDOW, max_tokens=1024,
             )
             result: SessionResult = await handle.result()
         served = [r.usage for r in fake.message_requests() if r.status == 200 and r.usage]
