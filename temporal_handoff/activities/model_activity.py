@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from temporal_handoff.activities.tokenizer import count_tokens
 from temporal_handoff.schemas.model_io import (
+    BilledAnswers,
     ModelInfoRequest,
     ModelInfoResult,
     ModelRequest,
@@ -93,6 +94,31 @@ def _usage(raw: Any) -> TokenUsage:
     )
 
 
+def _billed_before() -> BilledAnswers:
+    """Answers earlier attempts of this call received and never returned (their usage,
+    heartbeated as soon as each answer came): billed, yet no result carried them."""
+    for detail in reversed(activity.info().heartbeat_details or ()):
+        found = BilledAnswers.from_detail(detail)
+        if found is not None:
+            return found
+    return BilledAnswers()
+
+
+def _with_billed(err: ApplicationError, billed: BilledAnswers) -> ApplicationError:
+    """The same error, with the lost answers' usage as its last detail (so a call
+    that finally fails still tells the workflow what it was billed)."""
+    if billed.answers == 0:
+        return err
+    return ApplicationError(
+        err.message,
+        *err.details,
+        billed.detail(),
+        type=err.type,
+        non_retryable=err.non_retryable,
+        next_retry_delay=err.next_retry_delay,
+    )
+
+
 class ModelActivities:
     """Model activities sharing one client per worker process.
 
@@ -121,7 +147,14 @@ class ModelActivities:
 
     @activity.defn(name="call_model")
     async def call_model(self, req: ModelRequest) -> ModelResponse:
-        """One Messages API call with a pre-flight context check."""
+        """One Messages API call with a pre-flight context check.
+
+        Each answer's usage is heartbeated the moment it arrives, added to what earlier
+        attempts heartbeated: if this attempt's result is then lost, the next attempt
+        returns it as `lost_usage` (or the final failure carries it).
+        """
+        billed = _billed_before()
+        so_far = [billed]  # plus this attempt's answer once it came
         if req.new_from_index == 0:
             new_text = prompt_text(req.messages, req.system, [t.wire() for t in req.tools])
         else:
@@ -134,6 +167,8 @@ class ModelActivities:
                 estimated_prompt_tokens=estimate,
                 preflight_refused=True,
                 model=req.model,
+                lost_usage=billed.usage,
+                lost_answers=billed.answers,
             )
         kwargs: dict[str, Any] = {
             "model": req.model,
@@ -148,11 +183,12 @@ class ModelActivities:
         streamed = req.max_tokens > req.stream_threshold
         try:
             if streamed:
-                message = await self._stream(kwargs)
+                message = await self._stream(kwargs, so_far)
             else:
                 message = await self.client.messages.create(**kwargs)
+                activity.heartbeat(billed.plus(_usage(message.usage)).detail())
         except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:
-            raise map_api_error(err) from None
+            raise _with_billed(map_api_error(err), so_far[0]) from None
         return ModelResponse(
             content=[b.model_dump(exclude_none=True) for b in message.content],
             usage=_usage(message.usage),
@@ -161,17 +197,28 @@ class ModelActivities:
             estimated_new_tokens=raw_new,
             estimated_prompt_tokens=estimate,
             streamed=streamed,
+            lost_usage=billed.usage,
+            lost_answers=billed.answers,
         )
 
-    async def _stream(self, kwargs: dict[str, Any]) -> Any:
-        """Stream (SSE) with heartbeats: the SDK refuses long non-streaming calls."""
+    async def _stream(self, kwargs: dict[str, Any], so_far: list[BilledAnswers]) -> Any:
+        """Stream (SSE) with heartbeats: the SDK refuses long non-streaming calls.
+
+        Every heartbeat carries what the call was billed so far (a bare one would
+        erase it on the server); once `message_stop` came, that includes this answer.
+        """
         async with self.client.messages.stream(**kwargs) as stream:
             loop = asyncio.get_running_loop()
             last = loop.time()
-            async for _event in stream:
+            async for event in stream:
+                if event.type == "message_stop":
+                    so_far[0] = so_far[0].plus(_usage(stream.current_message_snapshot.usage))
+                    activity.heartbeat(so_far[0].detail())
+                    last = loop.time()
+                    continue
                 now = loop.time()
                 if now - last >= self._heartbeat_every_s:
-                    activity.heartbeat()
+                    activity.heartbeat(so_far[0].detail())
                     last = now
             return await stream.get_final_message()
 

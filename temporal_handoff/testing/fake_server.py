@@ -140,6 +140,10 @@ class Fault:
         stop_reason: For non-error faults, override the reply's ``stop_reason``
             (e.g. ``"model_context_window_exceeded"`` or ``"max_tokens"``).
         headers: Extra response headers.
+        hold_s: For non-error faults on streamed requests: once the whole reply
+            (through ``message_stop``) is sent, keep the response open this long.
+            The client has the answer and its usage (billed) but its call does not
+            return yet, e.g. past an activity's start-to-close timeout.
         applied: How many times the fault has applied (maintained by the server).
     """
 
@@ -157,6 +161,7 @@ class Fault:
     match: str | None = None
     stop_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    hold_s: float = 0.0
     applied: int = 0
 
     def describe(self) -> str:
@@ -167,6 +172,8 @@ class Fault:
             return f"{self.status} {self.resolved_error_type()}"
         if self.stop_reason is not None:
             return f"stop_reason={self.stop_reason}"
+        if self.hold_s:
+            return f"hold {self.hold_s:g}s after the reply"
         return f"delay {self.delay_s:g}s"
 
     def resolved_error_type(self) -> str:
@@ -207,6 +214,8 @@ class RequestRecord:
         usage: The usage object returned (successful messages requests).
         duration_s: Seconds from arrival to response (None while in flight).
         error: Error message sent, if any.
+        answered: The whole reply was written to the client (JSON body, or SSE
+            through ``message_stop``): an answer the API bills, with ``usage``.
     """
 
     t: float
@@ -222,6 +231,7 @@ class RequestRecord:
     usage: dict[str, int] | None = None
     duration_s: float | None = None
     error: str | None = None
+    answered: bool = False
 
 
 class _ApiError(Exception):
@@ -672,8 +682,16 @@ class FakeAnthropicServer:
         }
         record.usage = dict(usage)
         if record.stream:
-            return await self._stream(request, record, message)
-        return self._finish(record, web.json_response(message))
+            hold = fault.hold_s if fault is not None else 0.0
+            return await self._stream(request, record, message, hold)
+        response = self._finish(record, web.json_response(message))
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+            record.answered = True
+        except ConnectionError:
+            record.error = "client disconnected before the reply"
+        return response
 
     def _compute(
         self, body: dict[str, Any]
@@ -701,9 +719,13 @@ class FakeAnthropicServer:
             raise _ApiError(400, "messages: at least one message is required")
 
     async def _stream(
-        self, request: web.Request, record: RequestRecord, message: dict[str, Any]
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        message: dict[str, Any],
+        hold_s: float = 0.0,
     ) -> web.StreamResponse:
-        """Send ``message`` as the real API's SSE event sequence."""
+        """Send ``message`` as the real API's SSE event sequence (then hold ``hold_s``)."""
         response = web.StreamResponse(
             status=200,
             headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
@@ -717,6 +739,9 @@ class FakeAnthropicServer:
 
         try:
             await self._send_events(send, message)
+            record.answered = True
+            if hold_s > 0:
+                await asyncio.sleep(hold_s)
             await response.write_eof()
         except ConnectionError:
             # The client went away mid-stream (e.g. its timeout fired); nothing to do.

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import anthropic
@@ -31,7 +32,7 @@ from temporalio.converter import (
     PayloadCodec,
 )
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import Worker, WorkflowRunner
+from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from temporal_handoff.activities.child_activity import handoff_child_owner
@@ -136,6 +137,9 @@ def _tool_activity(tool: UserTool) -> Callable[..., Awaitable[str]]:
     return activity.defn(name=f"tool:{tool.spec.name}")(run_tool)
 
 
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
+
+
 class HandoffPlugin(SimplePlugin):
     """Adds temporal-handoff's workflows, activities and converter to a client/worker.
 
@@ -193,6 +197,17 @@ class HandoffPlugin(SimplePlugin):
             # task would loop forever, so fail the workflow instead.
             workflow_failure_exception_types=[pydantic.ValidationError, EventError],
         )
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        """Heartbeats leave within `HEARTBEAT_THROTTLE` of the call: a streamed model
+        call heartbeats each answer's usage (what the API bills) the moment it comes,
+        and one held back by the SDK's throttle (up to 60 s) would be lost with a killed
+        worker or a timed-out attempt."""
+        config = super().configure_worker(config)
+        current = config.get("max_heartbeat_throttle_interval")
+        if current is None or current > HEARTBEAT_THROTTLE:
+            config["max_heartbeat_throttle_interval"] = HEARTBEAT_THROTTLE
+        return config
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
         """Check the namespace's search attributes before polling (one clear error)."""

@@ -1,0 +1,207 @@
+"""The ledger counts what Anthropic bills: every answer the API gave, including those
+whose activity result was lost (a worker SIGKILLed after the answer came, a
+start-to-close timeout after it, an attempt that failed for good after it), and budgets
+are checked against that billed total."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from temporal_handoff.schemas.lifecycle import TerminationReason
+from temporal_handoff.schemas.project import synthetic_project
+from temporal_handoff.schemas.session import DecideArgs, SessionResult, SessionStatus
+from temporal_handoff.schemas.tokens import USAGE_FIELDS, TokenUsage
+from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.fake_server import Fault, RequestRecord
+from tests.conftest import running_worker
+from tests.helpers import start_session
+from tests.test_crashes import spawn_worker
+
+STREAMED = {"max_tokens": 2048, "stream_threshold": 1024}
+"""Every call streams, so a held reply is fully received before its call returns."""
+
+
+def answered(fake: FakeAnthropicServer) -> list[RequestRecord]:
+    return [r for r in fake.requests if r.path == "/v1/messages" and r.answered]
+
+
+def answered_usage(fake: FakeAnthropicServer) -> TokenUsage:
+    return sum(
+        (TokenUsage(**{f: (r.usage or {}).get(f, 0) for f in USAGE_FIELDS}) for r in answered(fake)),
+        TokenUsage(),
+    )
+
+
+def held(fake: FakeAnthropicServer) -> list[RequestRecord]:
+    return [r for r in answered(fake) if (r.fault or "").startswith("hold")]
+
+
+def gap_line(name: str, result: SessionResult, fake: FakeAnthropicServer) -> str:
+    billed = answered_usage(fake).total
+    used = result.ledger.total_tokens
+    return (
+        f"\nBILLING {name}: answered {billed:,} tokens in {len(answered(fake))} answers; "
+        f"ledger used {used:,} ({result.ledger.calls} calls) = "
+        f"{100 * (billed - used) / billed:.1f}% missing without the lost line; "
+        f"billed {result.ledger.billed_tokens:,} ({result.ledger.lost_answers} lost answers)"
+    )
+
+
+def assert_ledger_is_what_was_answered(result: SessionResult, fake: FakeAnthropicServer) -> None:
+    ledger = result.ledger
+    assert ledger.billed_usage() == answered_usage(fake)
+    assert ledger.calls + ledger.lost_answers == len(answered(fake))
+    assert ledger.lost_answers == len(held(fake)) > 0
+
+
+async def decide_until_done(
+    handle: WorkflowHandle[Any, SessionResult], result: asyncio.Future[SessionResult]
+) -> SessionResult:
+    """Answer every open blocker until the session closes."""
+    while not result.done():
+        try:
+            st = await handle.query("status", result_type=SessionStatus)
+            for b in st.open_blockers:
+                await handle.execute_update(
+                    "decide", DecideArgs(blocker_id=b["id"], decision="yes")
+                )
+        except Exception:
+            pass  # closed, or continuing as new: ask again
+        await asyncio.sleep(0.05)
+    return await result
+
+
+async def heartbeat_after(client: Client, workflow_id: str, t: float) -> bool:
+    """The session's model call has heartbeated since `t` (a usage heartbeat)."""
+    desc = await client.get_workflow_handle(workflow_id).describe()
+    for pa in desc.raw_description.pending_activities:
+        if pa.activity_type.name == "call_model" and pa.HasField("last_heartbeat_time"):
+            if pa.last_heartbeat_time.ToDatetime().timestamp() > t:
+                return True
+    return False
+
+
+async def test_ledger_equals_answers_with_worker_kills_and_model_faults(
+    env: WorkflowEnvironment, client: Client
+) -> None:
+    """SIGKILLed workers (each killed with an answer fully received, its call not yet
+    returned), replies held past the 2 s start-to-close timeout, 529s and dropped
+    connections: the ledger's billed usage equals the fake's answers, field by field."""
+    address = env.client.service_client.config.target_host
+    task_queue = f"billing-{uuid.uuid4()}"
+    faults = [
+        Fault(hold_s=4.0, rate=0.3),
+        Fault(status=529, rate=0.1),
+        Fault(drop_connection=True, rate=0.05),
+    ]
+    kills_wanted, kills = 3, 0
+    killed_at: set[str] = set()
+    with FakeAnthropicServer(brain=ScriptedAgentBrain(), latency_s=0.05, faults=faults) as fake:
+        handle = await start_session(
+            client, task_queue, synthetic_project(24, 2), prefix="billing",
+            context_window=4_000, model_call_timeout_s=2.0, model_retry_initial_s=0.1,
+            **STREAMED,
+        )
+        result_task = asyncio.ensure_future(handle.result())
+        decider = asyncio.ensure_future(decide_until_done(handle, result_task))
+        while not result_task.done():
+            proc = spawn_worker(address, task_queue, fake.base_url)
+            try:
+                # Kill this worker once it holds a fully received answer whose usage it
+                # heartbeated, before its call returns; the last worker runs to the end.
+                while not result_task.done() and kills < kills_wanted:
+                    # (held for 4 s, its attempt times out 2 s after it started)
+                    pending = [
+                        r for r in held(fake)
+                        if time.time() - r.t < 1.5 and r.request_id not in killed_at
+                    ]
+                    if pending and await heartbeat_after(client, handle.id, pending[-1].t):
+                        killed_at.add(pending[-1].request_id)
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    await result_task
+            finally:
+                if not result_task.done():
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+                else:
+                    proc.terminate()
+                proc.wait(timeout=30)
+        result = await decider
+
+    print(gap_line(f"{kills} SIGKILLs + faults", result, fake))
+    assert kills == kills_wanted
+    assert result.reason == TerminationReason.TASK_COMPLETED
+    assert result.project.completed_count == 24
+    assert_ledger_is_what_was_answered(result, fake)
+
+
+async def test_answers_lost_before_the_call_fails_for_good(
+    client: Client, task_queue: str
+) -> None:
+    """The call's last attempt times out after its answer came (the timeout failure's
+    heartbeat details carry it), or an attempt after a lost answer fails with a
+    non-retryable 400 (its error details carry it): the session raises a blocker, and
+    the lost answers are in the ledger all the same."""
+    faults = [
+        # turn 1: attempt 1 answered, then held past its timeout (lost); attempt 2 is
+        # refused (400, non-retryable) -> a blocker; the error's details carry the answer
+        Fault(hold_s=3.0, times=1),
+        Fault(status=400, times=1),
+        # after the decision: both attempts answered and held past the timeout -> a
+        # blocker; the timeout failure's last heartbeat details carry both answers
+        Fault(hold_s=3.0, times=2),
+    ]
+    with FakeAnthropicServer(brain=ScriptedAgentBrain(), latency_s=0.02, faults=faults) as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            handle = await start_session(
+                client, task_queue, synthetic_project(3, 1), prefix="billing-fail",
+                model_call_timeout_s=1.5, model_retry_initial_s=0.1, model_max_attempts=2,
+                **STREAMED,
+            )
+            result = await decide_until_done(handle, asyncio.ensure_future(handle.result()))
+    print(gap_line("failed calls", result, fake))
+    assert result.reason == TerminationReason.TASK_COMPLETED
+    errors = [e.message for e in result.project.errors if e.source == "model"]
+    assert len(errors) == 2, errors
+    assert_ledger_is_what_was_answered(result, fake)
+
+
+async def test_token_and_usd_budgets_count_lost_answers(client: Client, task_queue: str) -> None:
+    """A budget between what the first turn used and what it was billed stops the
+    session after that turn (it was billed twice: the first answer was lost)."""
+    with FakeAnthropicServer(brain=ScriptedAgentBrain(), latency_s=0.02) as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            probe = await start_session(
+                client, task_queue, synthetic_project(5, 1), prefix="billing-probe",
+                token_budget=1, **STREAMED,
+            )
+            first = (await probe.result()).ledger
+    assert first.calls == 1
+    budgets: list[dict[str, Any]] = [
+        {"token_budget": first.total_tokens * 3 // 2},
+        {"usd_budget": first.cost_usd * 1.5},
+    ]
+    for budget in budgets:
+        faults = [Fault(hold_s=3.0, times=1)]
+        with FakeAnthropicServer(
+            brain=ScriptedAgentBrain(), latency_s=0.02, faults=faults
+        ) as fake:
+            async with running_worker(client, task_queue, fake.base_url):
+                handle = await start_session(
+                    client, task_queue, synthetic_project(5, 1), prefix="billing-budget",
+                    model_call_timeout_s=1.5, model_retry_initial_s=0.1, **budget, **STREAMED,
+                )
+                result = await handle.result()
+        assert result.reason == TerminationReason.BUDGET_EXHAUSTED, budget
+        assert result.ledger.calls == 1, budget
+        assert result.ledger.billed_usage() == answered_usage(fake)
+        assert result.ledger.billed_tokens == 2 * first.total_tokens
