@@ -122,7 +122,12 @@ async def test_ledger_equals_answers_with_worker_kills_and_model_faults(
                         r for r in held(fake)
                         if time.time() - r.t < 1.5 and r.request_id not in killed_at
                     ]
-                    if pending and await heartbeat_after(client, handle.id, pending[-1].t):
+                    # (its heartbeat comes within milliseconds; a worker that never
+                    # heartbeats it is killed 1 s into the hold all the same)
+                    if pending and (
+                        time.time() - pending[-1].t > 1.0
+                        or await heartbeat_after(client, handle.id, pending[-1].t)
+                    ):
                         killed_at.add(pending[-1].request_id)
                         break
                     await asyncio.sleep(0.05)
