@@ -210,3 +210,30 @@ async def test_token_and_usd_budgets_count_lost_answers(client: Client, task_que
         assert result.ledger.calls == 1, budget
         assert result.ledger.billed_usage() == answered_usage(fake)
         assert result.ledger.billed_tokens == 2 * first.total_tokens
+
+
+def test_lost_answers_are_a_separate_ledger_line() -> None:
+    """Billed-not-used usage counts for spend and budgets, never for occupancy or
+    calibration; old ledgers and results decode without it."""
+    from temporal_handoff.schemas.model_io import BilledAnswers, ModelResponse
+    from temporal_handoff.schemas.tokens import TokenLedger, usage_cost_usd
+
+    ledger = TokenLedger()
+    used = TokenUsage(input_tokens=1000, output_tokens=100)
+    ledger.record(used, "claude-sonnet-4-6", estimated_new_tokens=900)
+    before = ledger.model_copy(deep=True)
+    lost = TokenUsage(input_tokens=1000, output_tokens=120)
+    ledger.record_lost(lost, "claude-sonnet-4-6")
+    assert (ledger.occupancy, ledger.calibration, ledger.calls) == (
+        before.occupancy, before.calibration, before.calls
+    )
+    assert ledger.total_tokens == used.total  # the conversation's calls
+    assert ledger.billed_tokens == used.total + lost.total
+    assert ledger.billed_usage() == used + lost
+    assert ledger.billed_cost_usd == usage_cost_usd(used + lost, "claude-sonnet-4-6")
+    assert ledger.new_generation().billed_tokens == ledger.billed_tokens
+    assert TokenLedger.model_validate({"calls": 3}).lost_answers == 0
+    assert ModelResponse.model_validate({"content": []}).lost_answers == 0
+    billed = BilledAnswers().plus(lost).plus(used)
+    assert BilledAnswers.from_detail(billed.detail()) == billed
+    assert BilledAnswers.from_detail({"status": 400}) is None
