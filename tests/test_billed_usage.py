@@ -173,6 +173,8 @@ async def test_answers_lost_before_the_call_fails_for_good(
                 **STREAMED,
             )
             result = await decide_until_done(handle, asyncio.ensure_future(handle.result()))
+            st = await handle.query("status", result_type=SessionStatus)
+    assert st.billed_tokens == result.ledger.billed_tokens > st.total_tokens
     print(gap_line("failed calls", result, fake))
     assert result.reason == TerminationReason.TASK_COMPLETED
     errors = [e.message for e in result.project.errors if e.source == "model"]

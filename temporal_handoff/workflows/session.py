@@ -281,6 +281,8 @@ class AgentSessionWorkflow:
             context_pct=round(100 * self._ledger.usage_fraction, 2),
             total_tokens=self._ledger.total_tokens,
             cost_usd=round(self._ledger.cost_usd, 6),
+            billed_tokens=self._ledger.billed_tokens,
+            billed_cost_usd=round(self._ledger.billed_cost_usd, 6),
             tasks_done=book.state.completed_count,
             tasks_total=len(book.state.tasks),
             next_eligible=book.state.next_eligible(limit=10),
