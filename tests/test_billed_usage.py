@@ -239,3 +239,34 @@ def test_lost_answers_are_a_separate_ledger_line() -> None:
     billed = BilledAnswers().plus(lost).plus(used)
     assert BilledAnswers.from_detail(billed.detail()) == billed
     assert BilledAnswers.from_detail({"status": 400}) is None
+
+
+def test_fake_reports_each_answer_it_gave() -> None:
+    """`RequestRecord.answered` marks replies sent whole (with their `usage`); a held
+    stream is answered before it ends; an error reply is not an answer."""
+    import anthropic
+
+    body: dict[str, Any] = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    faults = [Fault(status=529, times=1), Fault(hold_s=0.5, times=1)]
+    with FakeAnthropicServer(faults=faults) as fake:
+        api = anthropic.Anthropic(base_url=fake.base_url, api_key="k", max_retries=0)
+        try:
+            api.messages.create(**body)
+        except anthropic.APIStatusError as err:
+            assert err.status_code == 529
+        with api.messages.stream(**body) as stream:
+            for event in stream:
+                if event.type == "message_stop":
+                    held_now = fake.requests[-1]
+                    assert held_now.answered and held_now.fault
+                    assert held_now.fault.startswith("hold")
+            streamed = stream.get_final_message()
+        plain = api.messages.create(**body)
+        records = fake.message_requests()
+    assert [r.answered for r in records] == [False, True, True]
+    assert records[1].usage == streamed.usage.model_dump(exclude_none=True)
+    assert records[2].usage == plain.usage.model_dump(exclude_none=True)
