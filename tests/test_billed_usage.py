@@ -14,7 +14,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from temporal_handoff.schemas.lifecycle import TerminationReason
+from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
 from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import DecideArgs, SessionResult, SessionStatus
 from temporal_handoff.schemas.tokens import USAGE_FIELDS, TokenUsage
@@ -270,3 +270,48 @@ def test_fake_reports_each_answer_it_gave() -> None:
     assert [r.answered for r in records] == [False, True, True]
     assert records[1].usage == streamed.usage.model_dump(exclude_none=True)
     assert records[2].usage == plain.usage.model_dump(exclude_none=True)
+
+
+async def test_pause_keeps_what_an_in_flight_call_was_billed(
+    client: Client, task_queue: str
+) -> None:
+    """Pause while a call holds a whole answer: the attempt, told by heartbeat, hands
+    the answer back and the session uses it (not made and paid again after resume).
+    Pause while a retry waits for its answer after an earlier attempt's answer was
+    lost: that lost answer is counted."""
+    from temporal_handoff.workers.plugin import HandoffOptions
+
+    faults = [
+        # turn 1: answered, then held; the session is paused meanwhile
+        Fault(hold_s=30.0, times=1),
+        # turn 2: attempt 1 answered, held past the 2 s timeout (lost); attempt 2 is
+        # slow to answer, and the session is paused meanwhile
+        Fault(hold_s=4.0, times=1),
+        Fault(delay_s=30.0, times=1),
+    ]
+    options = HandoffOptions(heartbeat_every_s=0.2)
+    with FakeAnthropicServer(brain=ScriptedAgentBrain(), latency_s=0.02, faults=faults) as fake:
+        async with running_worker(client, task_queue, fake.base_url, options=options):
+            handle = await start_session(
+                client, task_queue, synthetic_project(3, 1), prefix="billing-pause",
+                model_call_timeout_s=2.0, model_retry_initial_s=0.1, **STREAMED,
+            )
+            for pause_when in (
+                lambda: len(held(fake)) == 1,
+                lambda: len(fake.message_requests()) == 3,  # turn 2's attempt 2 waits
+            ):
+                while not pause_when():
+                    await asyncio.sleep(0.05)
+                await handle.signal("pause")
+                # PAUSED once the cancelled attempt has stopped
+                while (
+                    await handle.query("status", result_type=SessionStatus)
+                ).lifecycle != LifecycleState.PAUSED:
+                    await asyncio.sleep(0.05)
+                await handle.signal("resume")
+            result = await handle.result()
+    print(gap_line("paused calls", result, fake))
+    assert result.reason == TerminationReason.TASK_COMPLETED
+    assert result.ledger.billed_usage() == answered_usage(fake)
+    assert result.ledger.calls + result.ledger.lost_answers == len(answered(fake))
+    assert result.ledger.lost_answers == 1  # turn 2's first answer; turn 1's was used

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 from temporalio import activity
@@ -28,6 +30,8 @@ from temporal_handoff.schemas.model_io import (
     prompt_text,
 )
 from temporal_handoff.schemas.tokens import TokenUsage, fallback_context_window
+
+T = TypeVar("T")
 
 RETRYABLE_STATUS = {408, 409, 429}
 """Plus every status ≥ 500 (the SDK's own rule)."""
@@ -181,14 +185,32 @@ class ModelActivities:
         if req.tools:
             kwargs["tools"] = [t.wire() for t in req.tools]
         streamed = req.max_tokens > req.stream_threshold
+        answer: list[Any] = []  # this attempt's whole answer, once it came
         try:
             if streamed:
-                message = await self._stream(kwargs, so_far)
+                events = [0]
+                message = await self._heartbeating(
+                    self._stream(kwargs, so_far, answer, events), so_far, events
+                )
             else:
-                message = await self.client.messages.create(**kwargs)
+                message = await self._heartbeating(self.client.messages.create(**kwargs), so_far)
                 activity.heartbeat(billed.plus(_usage(message.usage)).detail())
         except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:
             raise _with_billed(map_api_error(err), so_far[0]) from None
+        except asyncio.CancelledError:
+            # Cancelled (pause, abort, shutdown) once answers were billed: hand them back
+            # (this attempt's whole answer is used; earlier lost ones are counted).
+            if answer:
+                message = answer[0]
+            elif so_far[0].answers:
+                return ModelResponse(
+                    model=req.model,
+                    cancelled=True,
+                    lost_usage=so_far[0].usage,
+                    lost_answers=so_far[0].answers,
+                )
+            else:
+                raise
         return ModelResponse(
             content=[b.model_dump(exclude_none=True) for b in message.content],
             usage=_usage(message.usage),
@@ -201,25 +223,50 @@ class ModelActivities:
             lost_answers=billed.answers,
         )
 
-    async def _stream(self, kwargs: dict[str, Any], so_far: list[BilledAnswers]) -> Any:
-        """Stream (SSE) with heartbeats: the SDK refuses long non-streaming calls.
-
-        Every heartbeat carries what the call was billed so far (a bare one would
-        erase it on the server); once `message_stop` came, that includes this answer.
-        """
-        async with self.client.messages.stream(**kwargs) as stream:
-            loop = asyncio.get_running_loop()
-            last = loop.time()
-            async for event in stream:
-                if event.type == "message_stop":
-                    so_far[0] = so_far[0].plus(_usage(stream.current_message_snapshot.usage))
-                    activity.heartbeat(so_far[0].detail())
-                    last = loop.time()
-                    continue
+    async def _heartbeating(
+        self, call: Awaitable[T], so_far: list[BilledAnswers], events: list[int] | None = None
+    ) -> T:
+        """Await `call`, heartbeating every `heartbeat_every_s` what was billed so far
+        (a bare heartbeat would erase it on the server): a cancel (pause, abort)
+        reaches an attempt only through a heartbeat. With `events` (a stream's event
+        count) heartbeats stop once none came for half the heartbeat timeout, so a
+        stalled stream still times out (within 1.5 heartbeat timeouts)."""
+        task = asyncio.ensure_future(call)
+        loop = asyncio.get_running_loop()
+        timeout = activity.info().heartbeat_timeout
+        seen, seen_at = 0, loop.time()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self._heartbeat_every_s)
+                if done:
+                    return task.result()
                 now = loop.time()
-                if now - last >= self._heartbeat_every_s:
+                if events is not None and events[0] != seen:
+                    seen, seen_at = events[0], now
+                if events is None or timeout is None or now - seen_at < timeout.total_seconds() / 2:
                     activity.heartbeat(so_far[0].detail())
-                    last = now
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _stream(
+        self,
+        kwargs: dict[str, Any],
+        so_far: list[BilledAnswers],
+        answer: list[Any],
+        events: list[int],
+    ) -> Any:
+        """Stream (SSE): the SDK refuses long non-streaming calls. The whole answer's
+        usage is heartbeated at `message_stop` (`_heartbeating` sends the rest)."""
+        async with self.client.messages.stream(**kwargs) as stream:
+            async for event in stream:
+                events[0] += 1
+                if event.type == "message_stop":
+                    answer.append(stream.current_message_snapshot)
+                    so_far[0] = so_far[0].plus(_usage(answer[0].usage))
+                    activity.heartbeat(so_far[0].detail())
             return await stream.get_final_message()
 
     @activity.defn(name="model_info")

@@ -91,6 +91,9 @@ class ModelResponse(DurableModel):
     """Usage of answers earlier attempts of this call received but whose result was
     lost (killed worker, timeout): billed by the API, not part of the conversation."""
     lost_answers: int = 0
+    cancelled: bool = False
+    """The call was cancelled (pause, abort) before an answer it could use: nothing to
+    append; only `lost_usage` (billed answers of earlier attempts) counts."""
 
 
 class BilledAnswers(DurableModel):

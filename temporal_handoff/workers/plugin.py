@@ -199,14 +199,15 @@ class HandoffPlugin(SimplePlugin):
         )
 
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
-        """Heartbeats leave within `HEARTBEAT_THROTTLE` of the call: a streamed model
-        call heartbeats each answer's usage (what the API bills) the moment it comes,
-        and one held back by the SDK's throttle (up to 60 s) would be lost with a killed
-        worker or a timed-out attempt."""
+        """Heartbeats leave within `HEARTBEAT_THROTTLE` of the call: a model call
+        heartbeats each answer's usage (what the API bills) the moment it comes, and
+        one held back by the SDK's throttle (30-60 s) would be lost with a killed
+        worker or a timed-out attempt; a pause or abort reaches the call as soon."""
         config = super().configure_worker(config)
-        current = config.get("max_heartbeat_throttle_interval")
-        if current is None or current > HEARTBEAT_THROTTLE:
-            config["max_heartbeat_throttle_interval"] = HEARTBEAT_THROTTLE
+        for key in ("max_heartbeat_throttle_interval", "default_heartbeat_throttle_interval"):
+            current = config.get(key)
+            if not isinstance(current, timedelta) or current > HEARTBEAT_THROTTLE:
+                config[key] = HEARTBEAT_THROTTLE  # type: ignore[literal-required]
         return config
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.config import SessionConfig
@@ -97,7 +98,7 @@ class ModelOutcome:
 
     def lost(self) -> BilledAnswers:
         """Answers billed for this call that the conversation never got."""
-        if self.response is not None:
+        if self.response is not None and not self.response.cancelled:
             r = self.response
             return BilledAnswers(usage=r.lost_usage, answers=r.lost_answers)
         return self.failed_billed or BilledAnswers()
@@ -146,9 +147,15 @@ async def call_model(
         else None,
         retry_policy=model_retry(cfg),
         summary=summary,
+        # A pause/abort waits for the attempt to stop (it learns of the cancel by
+        # heartbeat): an answer that came meanwhile is used, and answers billed to earlier
+        # attempts come back as `lost_usage`, instead of being dropped unseen.
+        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+        if workflow.patched("billed-cancel-1")
+        else ActivityCancellationType.TRY_CANCEL,
     )
     try:
-        return ModelOutcome(response=await until_done_or_interrupted(handle, interrupted))
+        response = await until_done_or_interrupted(handle, interrupted)
     except Interrupted:
         return ModelOutcome(interrupted=True)
     except ActivityError as err:
@@ -163,6 +170,12 @@ async def call_model(
         else:
             failure = f"model call failed ({status}): {message}"
         return ModelOutcome(failure=failure, failed_billed=billed)
+    if response.cancelled:
+        return ModelOutcome(
+            interrupted=True,
+            failed_billed=BilledAnswers(usage=response.lost_usage, answers=response.lost_answers),
+        )
+    return ModelOutcome(response=response)
 
 
 async def run_user_tool(
