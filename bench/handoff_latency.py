@@ -196,7 +196,9 @@ async def run(handoffs: int, sessions: int, storage: bool, profile: bool) -> dic
 
 
 async def _session(client: Any, tq: str, generations: int) -> SessionResult:
-    cfg = SessionConfig(model=MODEL, context_window=WINDOW, max_generations=generations)
+    cfg = SessionConfig(
+        model=MODEL, context_window=WINDOW, max_tokens=300, max_generations=generations
+    )
     handle = await client.start_workflow(
         "AgentSessionWorkflow",
         SessionInput(config=cfg, project=synthetic_project(600, 6)),

@@ -149,7 +149,7 @@ async def one_session(
     rng = random.Random(f"{args.seed}:{i}")
     handle = await start_session(
         client, task_queue, synthetic_project(args.tasks, 3), prefix="soak",
-        context_window=4_000, max_generations=200, user_tools=[TOOL],
+        context_window=4_000, max_tokens=300, max_generations=200, user_tools=[TOOL],
     )
     driver = CommandDriver(
         client, handle, command_timeout_s=60, query_timeout_s=20, poll_s=args.poll_s,

@@ -71,6 +71,7 @@ def session_query(
     user: str | None = None,
     state: str | None = None,
     all_runs: bool = False,
+    needs_human: bool = False,
 ) -> str:
     """The visibility query for sessions; by default only the latest run of each."""
     parts = [f"WorkflowType = '{SESSION_TYPE}'"]
@@ -88,6 +89,8 @@ def session_query(
             allowed = ", ".join(s.value for s in LifecycleState)
             raise CliError(f"invalid --state {state!r}; one of {allowed}") from None
         parts.append(f"{sa.LIFECYCLE.name} = '{value}'")
+    if needs_human:
+        parts.append(f"{sa.NEEDS_HUMAN.name} = true")
     return " AND ".join(parts)
 
 
@@ -111,6 +114,8 @@ async def _rows(client: Client, query: str, limit: int) -> list[dict[str, Any]]:
                 "total_tokens": attrs.get(sa.TOTAL_TOKENS),
                 "cost_usd": attrs.get(sa.COST_USD),
                 "handoff_summary": await wf.memo_value("handoff_summary", ""),
+                "needs_human": attrs.get(sa.NEEDS_HUMAN),
+                "end_reason": await wf.memo_value("end_reason", ""),
             }
         )
     return rows
@@ -132,6 +137,9 @@ def list_sessions(
     user: str | None = typer.Option(None, "--user", help="AgentUser"),
     state: str | None = typer.Option(None, "--state", help="AgentLifecycle, e.g. ACTIVE"),
     all_runs: bool = typer.Option(False, "--all-runs", help="include continued-as-new runs"),
+    needs_human: bool = typer.Option(
+        False, "--needs-human", help="only sessions waiting for a human decision"
+    ),
     limit: int = typer.Option(100, min=1, max=10_000),
     json_out: bool = typer.Option(False, "--json", help="one JSON array"),
     address: str | None = ADDRESS,
@@ -140,7 +148,7 @@ def list_sessions(
     """Sessions from a visibility query (search attributes), newest first."""
 
     async def go() -> None:
-        query = session_query(project, user, state, all_runs)
+        query = session_query(project, user, state, all_runs, needs_human)
         client = await connect(address, namespace)
         rows = await _rows(client, query, limit)
         if json_out:
@@ -154,8 +162,13 @@ def list_sessions(
                     "project", "user"):
             table.add_column(col, no_wrap=col == "workflow id")
         for r in rows:
+            status = r["status"].lower()
+            if r["end_reason"]:
+                status += f" ({r['end_reason']})"
+            elif r["needs_human"]:
+                status += " (needs human)"
             table.add_row(
-                r["workflow_id"], r["status"].lower(), _fmt(r["generation"]),
+                r["workflow_id"], status, _fmt(r["generation"]),
                 r["lifecycle"] or "", _fmt(r["context_pct"], ".1f") + ("%" if r["context_pct"] is not None else ""),
                 _fmt(r["total_tokens"], ","), "$" + _fmt(r["cost_usd"], ".4f") if r["cost_usd"] is not None else "",
                 r["project"] or "", r["user"] or "",

@@ -4,7 +4,8 @@
 
 Runs one session on a fresh dev server against the fake model: ≥ 2 handoffs, human
 commands (say, decide, pause/resume), a model call that fails once and is retried,
-and (from v2) a non-retryable model error that repeats after the human decides. Writes every run's history and every handoff child's history as JSON.
+(from v2) a non-retryable model error that repeats after the human decides, and (from v3)
+signals sent the wrong way (a `say` signal, an unknown name, `pause` with input). Writes every run's history and every handoff child's history as JSON.
 Re-record only on purpose: a replay failure after a code change means the change is
 not deterministic-compatible with running sessions.
 """
@@ -45,12 +46,17 @@ async def main(version: str) -> None:
             async with running_worker(client, "record", fake.base_url):
                 handle = await start_session(
                     client, "record", synthetic_project(40, 3), prefix="recorded",
-                    context_window=3_500,
+                    context_window=3_500, max_tokens=300,
                 )
                 await handle.execute_update("say", SayArgs(text="prefer small steps"))
                 await handle.signal("pause")
                 await asyncio.sleep(0.3)
                 await handle.signal("resume")
+                if version not in ("v0", "v1", "v2"):
+                    # Commands sent the wrong way: visible rejections (from v3).
+                    await handle.signal("say", SayArgs(text="sent as a signal"))
+                    await handle.signal("no_such_command")
+                    await handle.signal("pause", "now")
                 result_task = asyncio.ensure_future(
                     client.get_workflow_handle(handle.id, result_type=SessionResult).result()
                 )

@@ -73,7 +73,7 @@ async def test_ui_shows_session_children_and_search_attributes(
             handle = await client.start_workflow(
                 "AgentSessionWorkflow",
                 SessionInput(
-                    config=SessionConfig(context_window=WINDOW, user="ui-tester"),
+                    config=SessionConfig(context_window=WINDOW, max_tokens=300, user="ui-tester"),
                     project=synthetic_project(30, 3).model_copy(update={"name": project}),
                 ),
                 id=wid, task_queue=task_queue, result_type=SessionResult,

@@ -67,7 +67,7 @@ async def session(env: WorkflowEnvironment, client: Client) -> Session:
         async with running_worker(client, task_queue, fake.base_url):
             handle = await client.start_workflow(
                 "AgentSessionWorkflow",
-                SessionInput(config=SessionConfig(context_window=WINDOW, user=user), project=project),
+                SessionInput(config=SessionConfig(context_window=WINDOW, max_tokens=300, user=user), project=project),
                 id=wid, task_queue=task_queue, result_type=SessionResult,
             )
             # `watch` follows the session from its start, across continue-as-new,

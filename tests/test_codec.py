@@ -150,7 +150,7 @@ async def test_history_is_ciphertext_and_codec_server_decodes_with_token(
     with FakeAnthropicServer(brain=brain) as fake:
         async with running_worker(enc_client, task_queue, fake.base_url, codec=codec):
             handle = await start_session(
-                enc_client, task_queue, project, prefix="codec", context_window=3_500,
+                enc_client, task_queue, project, prefix="codec", context_window=3_500, max_tokens=300,
             )
             result = await handle.result()
     assert result.reason == TerminationReason.TASK_COMPLETED

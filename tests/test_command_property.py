@@ -151,7 +151,7 @@ async def test_valid_commands_apply_exactly_once(client: Client, sc: Scenario) -
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start_session(
                 client, task_queue, synthetic_project(sc.tasks, 3), prefix="prop",
-                context_window=4_000, max_generations=100,
+                context_window=4_000, max_tokens=300, max_generations=100,
             )
             driver = CommandDriver(client, handle)
             try:

@@ -27,7 +27,7 @@ async def test_500_mixed_commands_across_handoffs(client: Client, task_queue: st
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start_session(
                 client, task_queue, synthetic_project(90, 3), prefix="storm",
-                context_window=4_000, max_generations=100,
+                context_window=4_000, max_tokens=300, max_generations=100,
             )
             result_task = asyncio.ensure_future(
                 client.get_workflow_handle(handle.id, result_type=SessionResult).result()

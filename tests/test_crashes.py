@@ -48,7 +48,7 @@ async def test_sigkill_workers_ten_times(env: WorkflowEnvironment, client: Clien
     with FakeAnthropicServer(brain=brain, latency_s=0.05) as fake:
         handle = await start_session(
             client, task_queue, synthetic_project(70, 3), prefix="crash",
-            context_window=4_000, model_call_timeout_s=2.0, model_retry_initial_s=0.1,
+            context_window=4_000, max_tokens=300, model_call_timeout_s=2.0, model_retry_initial_s=0.1,
             task_timeout=timedelta(seconds=2),
         )
         result_task = asyncio.ensure_future(
@@ -136,7 +136,7 @@ async def test_dev_server_restart_mid_session(tmp_path: Path) -> None:
         with FakeAnthropicServer(brain=ScriptedAgentBrain(), latency_s=0.05) as fake:
             handle = await start_session(
                 client, task_queue, synthetic_project(40, 2), prefix="restart",
-                context_window=4_000, model_retry_initial_s=0.1,
+                context_window=4_000, max_tokens=300, model_retry_initial_s=0.1,
             )
             async with running_worker(client, task_queue, fake.base_url):
                 while (await handle.query("status", result_type=SessionStatus)).tasks_done < 5:

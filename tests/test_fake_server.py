@@ -190,7 +190,9 @@ async def test_models_retrieve_and_list(client: anthropic.AsyncAnthropic) -> Non
     tiny = await client.models.retrieve("claude-tiny")
     assert tiny.max_input_tokens == 300
     page = await client.models.list()
-    assert {m.id for m in page.data} == {MODEL, "claude-tiny"}
+    ids = [m.id for m in page.data]
+    assert ids[:2] == [MODEL, "claude-tiny"]  # extra models first, then the catalogue
+    assert {"claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5"} <= set(ids)
 
 
 async def test_prompt_too_long(
@@ -309,7 +311,9 @@ async def test_many_concurrent_requests_with_latency(server: FakeAnthropicServer
 
 
 async def test_api_key_enforced() -> None:
-    async with FakeAnthropicServer(brain=EchoBrain(), api_key="secret") as srv:
+    async with FakeAnthropicServer(
+        brain=EchoBrain(), api_key="secret", context_windows={MODEL: 200_000}
+    ) as srv:
         async with anthropic.AsyncAnthropic(
             base_url=srv.base_url, api_key="wrong", max_retries=0
         ) as bad:
@@ -323,7 +327,7 @@ async def test_api_key_enforced() -> None:
 
 
 def test_sync_client_and_restart() -> None:
-    srv = FakeAnthropicServer(brain=EchoBrain(), drift=1.0)
+    srv = FakeAnthropicServer(brain=EchoBrain(), drift=1.0, context_windows={MODEL: 200_000})
     with srv:
         c = anthropic.Anthropic(base_url=srv.base_url, api_key="test", max_retries=0)
         msg = c.messages.create(model=MODEL, max_tokens=10, messages=user("hello"))

@@ -85,6 +85,9 @@ def test_context_window_table() -> None:
         ({"usd_budget": 0}, "usd_budget"),
         ({"model": ""}, "model"),
         ({"max_tokens": "lots"}, "max_tokens"),
+        # Above the model's output limit: the API would answer every call with a 400.
+        ({"model": "claude-sonnet-4-5", "max_tokens": 64_001}, "max_tokens"),
+        ({"successor_model": "claude-haiku-4-5-20251001", "max_tokens": 100_000}, "max_tokens"),
         ({"level_budgets": {"minimal": 10, "standard": 1200, "full": 2000}}, "level_budgets"),
         ({"colour": "blue"}, "colour"),
     ],

@@ -110,3 +110,44 @@ async def test_preflight_refuses_an_overflowing_prompt(client: Client, task_queu
         )
         assert attempts(fake) == []
     assert resp.preflight_refused and resp.estimated_prompt_tokens > 10_000
+
+
+async def test_mid_stream_overload_after_a_200_is_retried(client: Client, task_queue: str) -> None:
+    # The SDK raises APIStatusError(status_code=200, type="overloaded_error"): transient.
+    with FakeAnthropicServer(brain=EchoBrain()) as fake:
+        fake.add_fault(Fault(stream_error="overloaded_error", times=2))
+        handle, resp = await call(
+            client, task_queue, fake, request(max_tokens=1024, stream_threshold=512)
+        )
+        reqs = attempts(fake)
+        history = await handle.fetch_history()
+    assert [r.status for r in reqs] == [200, 200, 200]
+    assert [r.error for r in reqs] == ["mid-stream overloaded_error"] * 2 + [None]
+    assert resp.streamed and resp.content[0]["type"] == "text"
+    started = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert started == [3]  # one activity, its third attempt succeeded
+
+
+@pytest.mark.parametrize(
+    ("error_type", "retried"),
+    [("api_error", True), ("rate_limit_error", True), ("invalid_request_error", False),
+     ("permission_error", False)],
+)
+async def test_errors_classified_by_type(
+    client: Client, task_queue: str, error_type: str, retried: bool
+) -> None:
+    # A 400 whose type says transient is retried; a 500 whose type says permanent is not.
+    status = 400 if retried else 500
+    with FakeAnthropicServer(brain=EchoBrain()) as fake:
+        fake.add_fault(Fault(status=status, error_type=error_type, times=1))
+        if retried:
+            _, resp = await call(client, task_queue, fake, request())
+            assert resp.stop_reason == "end_turn"
+        else:
+            with pytest.raises(WorkflowFailureError):
+                await call(client, task_queue, fake, request())
+        assert len(attempts(fake)) == (2 if retried else 1)

@@ -602,7 +602,7 @@ async def test_successor_input_does_not_carry_a_copy_of_the_document(
     with FakeAnthropicServer(brain=brain) as fake:
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start(
-                client, task_queue, synthetic_project(80, 2), context_window=5_000,
+                client, task_queue, synthetic_project(80, 2), context_window=5_000, max_tokens=300,
                 max_generations=40,
             )
             result = await result_of(handle, cap=120)
@@ -675,7 +675,7 @@ async def test_handoff_child_gets_every_human_message(client: Client, task_queue
     with FakeAnthropicServer(brain=brain, latency_s=0.01) as fake:
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start(
-                client, task_queue, synthetic_project(90, 2), context_window=4_000,
+                client, task_queue, synthetic_project(90, 2), context_window=4_000, max_tokens=300,
                 max_generations=60,
             )
             result_task = asyncio.ensure_future(handle.result())
@@ -846,7 +846,7 @@ async def test_say_bigger_than_the_window_tells_the_sender(client: Client, task_
     with FakeAnthropicServer(brain=ScriptedAgentBrain()) as fake:
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start(
-                client, task_queue, synthetic_project(6, 1), paused=True, context_window=4_000
+                client, task_queue, synthetic_project(6, 1), paused=True, context_window=4_000, max_tokens=300
             )
             await wait_status(handle, lambda s: s.lifecycle == LifecycleState.PAUSED, "paused")
             try:

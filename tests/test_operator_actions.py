@@ -329,6 +329,7 @@ async def start(
     client: Client, task_queue: str, n_tasks: int, *, paused: bool = False, **config: Any
 ) -> WorkflowHandle[Any, SessionResult]:
     config.setdefault("context_window", WINDOW)
+    config.setdefault("max_tokens", 300)  # room for the reply within the small window
     config.setdefault("max_generations", 40)
     return await client.start_workflow(
         "AgentSessionWorkflow",
@@ -408,7 +409,7 @@ async def test_cli_cancel_mid_turn_ends_like_abort(
                 result = await session_result(client, wid)
     assert result.reason == TerminationReason.USER_ABORT, (result.reason, result.message)
     assert result.final_handoff is not None
-    resumed = result.resume_input(SessionConfig(context_window=WINDOW))
+    resumed = result.resume_input(SessionConfig(context_window=WINDOW, max_tokens=300))
     assert resumed.generation == result.generation + 1
     assert resumed.handoff is not None
     desc = await client.get_workflow_handle(wid).describe()

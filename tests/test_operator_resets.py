@@ -175,7 +175,7 @@ def assert_each_say_once(result: SessionResult, accepted: list[str]) -> None:
 
 def assert_resumable(result: SessionResult) -> None:
     assert result.final_handoff is not None, (result.reason, result.message)
-    resumed = result.resume_input(SessionConfig(context_window=4_000))
+    resumed = result.resume_input(SessionConfig(context_window=4_000, max_tokens=300))
     assert resumed.generation == result.generation + 1
     assert resumed.project.completed_count == result.project.completed_count
     assert resumed.ledger == result.ledger

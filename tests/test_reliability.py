@@ -40,7 +40,7 @@ async def test_faults_at_30_percent_over_a_169_task_session(
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start_session(
                 client, task_queue, synthetic_project(169, 6), prefix="faults",
-                context_window=8_000, model_call_timeout_s=1.0, **FAST_RETRY,
+                context_window=8_000, max_tokens=300, model_call_timeout_s=1.0, **FAST_RETRY,
             )
             result = await handle.result()
         requests = fake.message_requests()

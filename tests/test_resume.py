@@ -161,6 +161,7 @@ async def worker(client: Client, task_queue: str, base_url: str) -> AsyncIterato
 
 def session_config(**kw: Any) -> SessionConfig:
     kw.setdefault("context_window", WINDOW)
+    kw.setdefault("max_tokens", 300)  # room for the reply within the small window
     return SessionConfig(
         system_prompt=SYSTEM, user=USER, user_tools=[LOOKUP], max_generations=60, **kw
     )

@@ -62,6 +62,19 @@ async def cli_start(
     return wid
 
 
+async def delta_then_seal(
+    env: WorkflowEnvironment, client: Client, wid: str, delta: Any, seal: Any
+) -> HandoffPayload:
+    """Signal a handoff child `delta` then `seal` with the plain CLI; its payload."""
+    for name, arg in (("delta", delta), ("seal", seal)):
+        await temporal_cli(
+            env, "workflow", "signal", "--workflow-id", wid, "--name", name,
+            "--input", json.dumps(arg),
+        )
+    handle = client.get_workflow_handle(wid, result_type=HandoffPayload)
+    return await guarded(client, wid, handle.result(), "the sealed payload")
+
+
 def newer_session_input() -> tuple[dict[str, Any], str]:
     """A generation-1 input as a newer worker would write it: a field this code does not
     know at every level (input, config, project, phase, task, ledger, lineage, the
@@ -80,7 +93,7 @@ def newer_session_input() -> tuple[dict[str, Any], str]:
     )
     say = f"queued by a newer worker {uuid.uuid4().hex[:6]}"
     inp = SessionInput(
-        config=SessionConfig(context_window=WINDOW, max_generations=40),
+        config=SessionConfig(context_window=WINDOW, max_tokens=300, max_generations=40),
         project=project,
         handoff=payload,
         generation=1,
@@ -151,7 +164,7 @@ async def test_newer_worker_runs_an_older_input(
     older = recorded_input("v0", 1)
     minimal = json.loads(
         SessionInput(
-            config=SessionConfig(context_window=WINDOW), project=synthetic_project(6, 2)
+            config=SessionConfig(context_window=WINDOW, max_tokens=300), project=synthetic_project(6, 2)
         ).model_dump_json(exclude_defaults=True)
     )
     assert set(minimal) == {"config", "project"}, minimal
@@ -210,13 +223,7 @@ async def test_child_applies_a_newer_delta_and_seal(
         async with running_worker(client, task_queue, fake.base_url):
             wid = await cli_start(env, "HandoffWorkflow", task_queue, child_input)
             async with cleanup(client, env, wid):
-                for name, arg in (("delta", delta), ("seal", seal)):
-                    await temporal_cli(
-                        env, "workflow", "signal", "--workflow-id", wid, "--name", name,
-                        "--input", json.dumps(arg),
-                    )
-                handle = client.get_workflow_handle(wid, result_type=HandoffPayload)
-                payload = await guarded(client, wid, handle.result(), "the sealed payload")
+                payload = await delta_then_seal(env, client, wid, delta, seal)
     assert payload.document is not None
     assert payload.document.progress.done == 2, payload.document.progress
     assert {t.id for t in payload.document.work_completed} == set(tasks[:2])
@@ -250,13 +257,7 @@ async def test_child_names_events_it_cannot_read_and_fails_on_an_unreadable_seal
             wid = await cli_start(env, "HandoffWorkflow", task_queue, child_input)
             bad = await cli_start(env, "HandoffWorkflow", task_queue, child_input)
             async with cleanup(client, env, wid), cleanup(client, env, bad):
-                for name, arg in (("delta", delta), ("seal", seal)):
-                    await temporal_cli(
-                        env, "workflow", "signal", "--workflow-id", wid, "--name", name,
-                        "--input", json.dumps(arg),
-                    )
-                handle = client.get_workflow_handle(wid, result_type=HandoffPayload)
-                payload = await guarded(client, wid, handle.result(), "the sealed payload")
+                payload = await delta_then_seal(env, client, wid, delta, seal)
                 await temporal_cli(
                     env, "workflow", "signal", "--workflow-id", bad, "--name", "seal",
                     "--input", json.dumps({**seal, "reason": "QUANTUM_HANDOFF"}),

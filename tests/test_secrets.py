@@ -49,7 +49,7 @@ async def test_api_key_never_reaches_history_logs_or_documents(
         async with Worker(Client(**config), task_queue=task_queue, max_concurrent_activities=20):
             handle = await start_session(
                 client, task_queue, synthetic_project(24, 2), prefix="secrets",
-                context_window=3_500,
+                context_window=3_500, max_tokens=300,
             )
             await handle.execute_update("say", SayArgs(text="keep going"), result_type=str)
             result = await handle.result()

@@ -24,7 +24,7 @@ async def test_169_tasks_across_generations(client: Client, task_queue: str) -> 
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start_session(
                 client, task_queue, synthetic_project(169, 6), prefix="e2e",
-                context_window=WINDOW,
+                context_window=WINDOW, max_tokens=300,
             )
             result = await handle.result()
         requests = fake.message_requests()
@@ -76,7 +76,7 @@ async def test_loop_guard_stops_at_max_generations(client: Client, task_queue: s
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start_session(
                 client, task_queue, synthetic_project(60, 3), prefix="guard",
-                context_window=3_500, max_generations=3,
+                context_window=3_500, max_tokens=300, max_generations=3,
             )
             result = await handle.result()
     assert result.reason == TerminationReason.MAX_GENERATIONS

@@ -65,7 +65,7 @@ async def test_recall_user_tool_notifier_and_successor_model(
         ):
             handle = await start_session(
                 client, task_queue, synthetic_project(40, 2), prefix="recall",
-                context_window=3_500, successor_model="claude-haiku-4-5",
+                context_window=3_500, max_tokens=300, successor_model="claude-haiku-4-5",
                 user_tools=[LOOKUP],
             )
             result = await handle.result()
@@ -100,7 +100,7 @@ async def test_recall_result_reaches_the_model(client: Client, task_queue: str) 
         ):
             handle = await start_session(
                 client, task_queue, synthetic_project(40, 2), prefix="recall2",
-                context_window=3_500, user_tools=[LOOKUP],
+                context_window=3_500, max_tokens=300, user_tools=[LOOKUP],
             )
             result = await handle.result()
     gen0_ids = {d.id for d in result.project.decisions if d.generation == 0}

@@ -28,6 +28,7 @@ from temporal_handoff.schemas.model_io import (
     ModelResponse,
     message_text,
     prompt_text,
+    wire_messages,
 )
 from temporal_handoff.schemas.tokens import TokenUsage, fallback_context_window
 
@@ -35,6 +36,20 @@ T = TypeVar("T")
 
 RETRYABLE_STATUS = {408, 409, 429}
 """Plus every status ≥ 500 (the SDK's own rule)."""
+
+RETRYABLE_ERROR_TYPES = frozenset(
+    {"api_error", "overloaded_error", "rate_limit_error", "timeout_error"}
+)
+"""`error.type`s that are transient whatever the HTTP status: a mid-stream
+`overloaded_error` arrives after a 200 (the SDK raises `APIStatusError` with
+`status_code == 200`)."""
+PERMANENT_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error", "authentication_error", "permission_error",
+        "not_found_error", "request_too_large", "billing_error",
+    }
+)
+"""`error.type`s that the same request cannot get past by retrying."""
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -59,9 +74,10 @@ def retry_after_seconds(headers: Any) -> float | None:
 def map_api_error(err: Exception) -> ApplicationError:
     """Translate an SDK error into a Temporal ApplicationError with the right retry policy.
 
-    Honour `x-should-retry`; else retry 408/409/429/≥500 and connection errors (with
-    `next_retry_delay` from `retry-after`), and fail fast on everything else with the
-    API's own message.
+    Honour `x-should-retry`; else classify by the API's `error.type`
+    (`RETRYABLE_ERROR_TYPES`, `PERMANENT_ERROR_TYPES`), else by status: retry
+    408/409/429/≥500 and connection errors (with `next_retry_delay` from
+    `retry-after`), and fail fast on everything else with the API's own message.
     """
     if isinstance(err, anthropic.APIStatusError):
         status = err.status_code
@@ -70,6 +86,10 @@ def map_api_error(err: Exception) -> ApplicationError:
         if should == "true":
             retryable = True
         elif should == "false":
+            retryable = False
+        elif err.type in RETRYABLE_ERROR_TYPES:
+            retryable = True
+        elif err.type in PERMANENT_ERROR_TYPES:
             retryable = False
         else:
             retryable = status in RETRYABLE_STATUS or status >= 500
@@ -177,7 +197,9 @@ class ModelActivities:
         kwargs: dict[str, Any] = {
             "model": req.model,
             "max_tokens": req.max_tokens,
-            "messages": req.messages,
+            # Never an empty assistant turn or a blank text block on the wire, even
+            # from sessions recorded before the workflow stopped keeping them.
+            "messages": wire_messages(req.messages),
             "metadata": {"user_id": activity.info().workflow_id or "session"},
         }
         if req.system:
@@ -271,18 +293,28 @@ class ModelActivities:
 
     @activity.defn(name="model_info")
     async def model_info(self, req: ModelInfoRequest) -> ModelInfoResult:
-        """Context window: config override, else the Models API, else the built-in table."""
-        if req.override:
-            return ModelInfoResult(model=req.model, context_window=req.override, source="config")
+        """Context window: config override, else the Models API, else the built-in table.
+        Output limit (`max_tokens` of the ModelInfo): the Models API, else unknown."""
+        window: int | None = None
+        output: int | None = None
         try:
             info = await self.client.models.retrieve(req.model)
-            window = getattr(info, "max_input_tokens", None)
-            if window:
-                return ModelInfoResult(
-                    model=req.model, context_window=int(window), source="models_api"
-                )
+            window = getattr(info, "max_input_tokens", None) or None
+            output = getattr(info, "max_tokens", None) or None
         except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:
             activity.logger.info("Models API unavailable for %s (%s); using table", req.model, err)
+        limit = int(output) if output else None
+        if req.override:
+            return ModelInfoResult(
+                model=req.model, context_window=req.override, source="config",
+                max_output_tokens=limit,
+            )
+        if window:
+            return ModelInfoResult(
+                model=req.model, context_window=int(window), source="models_api",
+                max_output_tokens=limit,
+            )
         return ModelInfoResult(
-            model=req.model, context_window=fallback_context_window(req.model), source="table"
+            model=req.model, context_window=fallback_context_window(req.model), source="table",
+            max_output_tokens=limit,
         )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from enum import Enum
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.model_io import ToolSpec
+from temporal_handoff.schemas.tokens import max_output_tokens
 from temporal_handoff.schemas.tools import state_tool_specs
 
 
@@ -25,6 +27,10 @@ STATE_TOOL_NAMES = (
 
 TURN_RESERVE_TOKENS = 500
 """Room a generation needs for at least one turn beyond its fixed prompt."""
+
+MAX_TOKENS_RETRIES = 3
+"""With `on_max_tokens="retry"`: how many times in a row a turn cut at `max_tokens` is
+asked again with `max_tokens` doubled before the session raises a blocker."""
 
 DEFAULT_LEVEL_BUDGETS: dict[str, int] = {"minimal": 500, "standard": 1200, "full": 2000}
 
@@ -58,7 +64,18 @@ class SessionConfig(DurableModel):
     usd_budget: float | None = Field(default=None, gt=0)
     """Stop with BUDGET_EXHAUSTED once cumulative cost reaches this."""
     max_tokens: int = Field(default=4096, ge=1, le=128_000)
-    """`max_tokens` per model call."""
+    """`max_tokens` per model call. Above the model's output limit (Models API) the
+    session stops at start with CONFIG_ERROR. Every pre-flight reserves it (prompt +
+    `max_tokens` ≤ window, not only prompt ≤ the handoff threshold); a window too small
+    for the fixed prompt + one turn + `max_tokens` gets the largest `max_tokens` that
+    fits (`max_tokens_room`)."""
+    on_max_tokens: Literal["retry", "blocker"] = "retry"
+    """A reply cut at `max_tokens` (`stop_reason: "max_tokens"`) is never used: none of
+    its tool calls runs (the last one may be cut mid-input) and it is not added to the
+    conversation (its tokens are billed). `retry`: the same turn is asked again with
+    `max_tokens` doubled (up to the model's output limit and what the window holds), at
+    most `MAX_TOKENS_RETRIES` times in a row, then a blocker; the raised value stays for
+    the rest of the generation. `blocker`: a human-decision blocker at once."""
     stream_threshold: int = Field(default=16_000, ge=1)
     """Calls with `max_tokens` above this stream (SSE) with heartbeats."""
     max_turns_per_generation: int = Field(default=500, ge=1)
@@ -117,6 +134,15 @@ class SessionConfig(DurableModel):
             shortfall = self.window_shortfall(self.context_window)
             if shortfall:
                 raise ValueError(shortfall)
+        for field in ("model", "successor_model"):
+            model = getattr(self, field)
+            limit = max_output_tokens(model) if model else None
+            if limit is not None and self.max_tokens > limit:
+                # The API would reject every call (400), each one a human blocker.
+                raise ValueError(
+                    f"max_tokens: {self.max_tokens} > {limit}, the output limit of "
+                    f"{field} {model}"
+                )
         reserved = {"recall", *STATE_TOOL_NAMES}
         for tool in self.user_tools:
             if tool.name in reserved:
@@ -144,6 +170,22 @@ class SessionConfig(DurableModel):
             f"= {usable} usable, but system prompt + tools + continuation-prompt budget "
             f"({self.fixed_prompt_tokens()}) + one turn ({TURN_RESERVE_TOKENS}) need {need}"
         )
+
+    def max_tokens_shortfall(self, output_limit: int | None, model: str = "") -> str | None:
+        """Why the API would refuse every call's `max_tokens`, or None: above the model's
+        output limit."""
+        name = f"{model}'s" if model else "the model's"
+        if output_limit is not None and self.max_tokens > output_limit:
+            return (
+                f"max_tokens: {self.max_tokens} is above {name} output limit of "
+                f"{output_limit} tokens (Models API)"
+            )
+        return None
+
+    def max_tokens_room(self, window: int) -> int:
+        """The largest `max_tokens` that fits in `window` beside the fixed prompt and one
+        turn (at least 1)."""
+        return max(1, window - self.fixed_prompt_tokens() - TURN_RESERVE_TOKENS)
 
     def model_for(self, generation: int) -> str:
         if generation > 0 and self.successor_model:

@@ -133,6 +133,9 @@ class ModelInfoResult(DurableModel):
     context_window: int = Field(gt=0)
     source: str
     """'config', 'models_api' or 'table'."""
+    max_output_tokens: int | None = None
+    """The model's output limit (largest `max_tokens`) from the Models API; None if
+    unknown."""
 
 
 def block_text(block: Any) -> str:
@@ -162,6 +165,40 @@ def message_text(message: Message) -> str:
     if isinstance(content, str):
         return content
     return "\n".join(block_text(b) for b in content)
+
+
+def _blank_text(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "text" and not str(
+        block.get("text", "")
+    ).strip()
+
+
+def wire_content(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A reply's blocks as they may be sent back: no empty or whitespace-only text block
+    (the API answers 400 "text content blocks must be non-empty")."""
+    return [b for b in content if not _blank_text(b)]
+
+
+def wire_messages(messages: list[Message]) -> list[Message]:
+    """The conversation as the Messages API accepts it.
+
+    Blank text blocks are dropped, and so is an assistant message left with no content
+    unless it is the last one (Claude may end a turn with ``content: []``; sent back,
+    it is a 400 "all messages must have non-empty content except for the optional final
+    assistant message"). The user messages around it are then consecutive, which the
+    API combines into one turn. Unchanged messages are passed through as they are.
+    """
+    out: list[Message] = []
+    last = len(messages) - 1
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, list) and any(_blank_text(b) for b in content):
+            message = dict(message, content=wire_content(content))
+            content = message["content"]
+        if message.get("role") == "assistant" and content in ([], "") and index != last:
+            continue
+        out.append(message)
+    return out
 
 
 def prompt_text(

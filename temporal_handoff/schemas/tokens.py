@@ -86,12 +86,27 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "claude-opus-4-5": 200_000,
     "claude-sonnet-4": 200_000,
     "claude-sonnet-4-5": 200_000,
-    "claude-sonnet-4-6": 200_000,
-    "claude-opus-4-6": 200_000,
+    "claude-sonnet-4-6": 1_000_000,
+    "claude-opus-4-6": 1_000_000,
     "claude-haiku-4-5": 200_000,
     "claude-3-5-haiku": 200_000,
 }
 DEFAULT_CONTEXT_WINDOW = 200_000
+
+# Largest `max_tokens` the API accepts per model (published output limits); above it
+# the API answers 400 "max_tokens: N > M, which is the maximum allowed number of output
+# tokens for <model>". Unknown models are not checked.
+MAX_OUTPUT_TOKENS: dict[str, int] = {
+    "claude-opus-4": 32_000,
+    "claude-opus-4-1": 32_000,
+    "claude-opus-4-5": 64_000,
+    "claude-sonnet-4": 64_000,
+    "claude-sonnet-4-5": 64_000,
+    "claude-sonnet-4-6": 128_000,
+    "claude-opus-4-6": 128_000,
+    "claude-haiku-4-5": 64_000,
+    "claude-3-5-haiku": 8_192,
+}
 
 
 def _lookup(table: dict[str, object], model: str) -> object | None:
@@ -114,6 +129,12 @@ def fallback_context_window(model: str) -> int:
     """Context window from the built-in table."""
     found = _lookup(CONTEXT_WINDOWS, model)  # type: ignore[arg-type]
     return found if isinstance(found, int) else DEFAULT_CONTEXT_WINDOW
+
+
+def max_output_tokens(model: str) -> int | None:
+    """The model's `max_tokens` limit from the built-in table (None if unknown)."""
+    found = _lookup(MAX_OUTPUT_TOKENS, model)  # type: ignore[arg-type]
+    return found if isinstance(found, int) else None
 
 
 def usage_cost_usd(usage: TokenUsage, model: str) -> float:
@@ -148,6 +169,8 @@ class TokenLedger(DurableModel):
     """
 
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0)
+    output_limit: int | None = None
+    """The model's largest `max_tokens` (Models API), None if unknown."""
     occupancy: int = Field(default=0, ge=0)
     """Exact prompt size as of the last call: its prompt tokens plus its output."""
     pending_estimate: int = Field(default=0, ge=0)

@@ -16,9 +16,12 @@ USER = SearchAttributeKey.for_keyword("AgentUser")
 AGENT_TYPE = SearchAttributeKey.for_keyword("AgentType")
 TOTAL_TOKENS = SearchAttributeKey.for_int("AgentTotalTokens")
 COST_USD = SearchAttributeKey.for_float("AgentCostUsd")
+NEEDS_HUMAN = SearchAttributeKey.for_bool("NeedsHuman")
+"""True while the session waits for a human decision (an open HUMAN_DECISION blocker)."""
 
 ALL_KEYS: list[SearchAttributeKey] = [
     GENERATION, CONTEXT_PCT, LIFECYCLE, PROJECT, USER, AGENT_TYPE, TOTAL_TOKENS, COST_USD,
+    NEEDS_HUMAN,
 ]
 
 def cli_type(key: SearchAttributeKey) -> str:
@@ -45,8 +48,10 @@ def search_attribute_updates(
     agent_type: str,
     total_tokens: int,
     cost_usd: float,
+    needs_human: bool | None = None,
 ) -> list[SearchAttributeUpdate]:
-    return [
+    extra = [] if needs_human is None else [NEEDS_HUMAN.value_set(needs_human)]
+    return extra + [
         GENERATION.value_set(generation),
         CONTEXT_PCT.value_set(round(context_pct, 2)),
         LIFECYCLE.value_set(lifecycle),

@@ -22,6 +22,9 @@ Protocol the brain follows (the workflow speaks it):
   when a newer line announces it.
 * ``ALL TASKS COMPLETE`` in the last user message: final text, no tools.
 * ``AWAITING DECISION`` in the last user message: text, no tools.
+* With ``empty_turn_every`` set, a reply to a message of tool results only is, for
+  some of them (by hash), an empty turn (``content: []``, ``end_turn``), as Claude
+  sometimes answers; the next user message gets the work going again.
 * Otherwise up to ``tasks_per_turn`` task actions, each ``complete_task`` (with a
   ``record_decision`` first for every ``decision_every``-th task by hash), or
   ``add_blocker`` / ``fail_task`` for tasks configured to block or fail once.
@@ -233,6 +236,7 @@ class ScriptedAgentBrain:
         blocker_every: int = 0,
         fail_first: Iterable[str] = (),
         intro_text: bool = True,
+        empty_turn_every: int = 0,
     ) -> None:
         """Configure the agent.
 
@@ -247,10 +251,12 @@ class ScriptedAgentBrain:
             fail_first: Task ids that fail (``fail_task``) on the first attempt.
             intro_text: Start tool-using replies with a short text block
                 ("Working on `X`."), as real models usually do.
+            empty_turn_every: End the turn with empty content after tool results when
+                the hash of their ids modulo this is 0 (about one in N). 0: never.
         """
         if tasks_per_turn < 1:
             raise ValueError("tasks_per_turn must be >= 1")
-        if summary_words < 0 or decision_every < 0 or blocker_every < 0:
+        if min(summary_words, decision_every, blocker_every, empty_turn_every) < 0:
             raise ValueError("summary_words, decision_every and blocker_every must be >= 0")
         self.tasks_per_turn = tasks_per_turn
         self.summary_words = summary_words
@@ -258,6 +264,7 @@ class ScriptedAgentBrain:
         self.blocker_every = blocker_every
         self.fail_first = frozenset(fail_first)
         self.intro_text = intro_text
+        self.empty_turn_every = empty_turn_every
 
     # ---- configuration predicates ------------------------------------------------
     def wants_decision(self, task_id: str) -> bool:
@@ -268,6 +275,18 @@ class ScriptedAgentBrain:
         """Whether ``task_id`` raises a human-decision blocker (before completion)."""
         return self.blocker_every > 0 and stable_hash(task_id) % self.blocker_every == 1
 
+    def _empty_turn(self, messages: list[dict[str, Any]]) -> bool:
+        """Whether to answer the last message (tool results only) with an empty turn."""
+        if self.empty_turn_every <= 0 or not messages or messages[-1].get("role") != "user":
+            return False
+        content = messages[-1].get("content")
+        if not isinstance(content, list) or not content:
+            return False
+        if not all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return False
+        ids = ",".join(str(b.get("tool_use_id")) for b in content)
+        return stable_hash(f"empty-turn:{ids}") % self.empty_turn_every == 0
+
     # ---- the agent ---------------------------------------------------------------
     def respond(self, request: dict[str, Any]) -> BrainReply:
         """Decide the next step from the request alone."""
@@ -277,6 +296,8 @@ class ScriptedAgentBrain:
             return BrainReply(content=[_text("All tasks are complete.")])
         if AWAITING_DECISION in last_user:
             return BrainReply(content=[_text("Waiting for a human decision.")])
+        if self._empty_turn(messages):
+            return BrainReply(content=[])
 
         events = _prompt_events(request)
         line_at: int | None = None

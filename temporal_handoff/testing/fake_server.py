@@ -29,6 +29,16 @@ Token accounting (what tests assert against):
   are 0.
 * A prompt count above the model's context window is rejected with 400
   ``invalid_request_error`` ``prompt is too long: N tokens > M maximum``.
+* Replies are cut at ``max_tokens`` (``stop_reason: "max_tokens"``, possibly inside a
+  tool input) and at a full context window (``model_context_window_exceeded``, or a
+  400 for older models); streams can end with a mid-stream ``event: error``
+  (`Fault.stream_error`, ``stream_error_rate``). See `fake_responses`.
+
+Strict like the real API: every messages / count_tokens request is validated by
+`fake_validation` (roles, non-empty content and text, tool_use/tool_result pairing,
+``max_tokens`` against the model's output limit, unknown models → 404, the
+``anthropic-version`` header) and rejected with the real status, error type and
+message. Models, windows and output limits come from `fake_models`.
 
 Faults (`Fault`) inject errors, delays and dropped connections; every request is
 logged as a `RequestRecord` in `FakeAnthropicServer.requests`.
@@ -56,7 +66,10 @@ from aiohttp import web
 
 from temporal_handoff.activities.tokenizer import get_encoder
 from temporal_handoff.schemas.model_io import block_text, prompt_text
+from temporal_handoff.testing import fake_responses
 from temporal_handoff.testing.brain import Brain, BrainReply, ScriptedAgentBrain
+from temporal_handoff.testing.fake_models import MODELS, FakeModel, find_model
+from temporal_handoff.testing.fake_validation import check_window, validate_request
 
 __all__ = [
     "DEFAULT_ERROR_TYPES",
@@ -96,6 +109,9 @@ _DEFAULT_ERROR_MESSAGES: dict[str, str] = {
     "timeout_error": "Request timed out.",
     "overloaded_error": "Overloaded",
 }
+
+_STATUS_OF_TYPE: dict[str, int] = {t: s for s, t in DEFAULT_ERROR_TYPES.items()}
+
 
 def _encoding() -> Any:
     """The offline cl100k encoding, shared with the activities' tokenizer."""
@@ -140,6 +156,11 @@ class Fault:
         stop_reason: For non-error faults, override the reply's ``stop_reason``
             (e.g. ``"model_context_window_exceeded"`` or ``"max_tokens"``).
         headers: Extra response headers.
+        stream_error: Error ``type`` (e.g. ``"overloaded_error"``) sent as a
+            mid-stream ``event: error`` after a 200 and ``stream_error_after`` events;
+            a non-streaming request gets that error's HTTP status instead (529).
+        stream_error_after: SSE events sent before the error (at least
+            ``message_start``).
         hold_s: For non-error faults on streamed requests: once the whole reply
             (through ``message_stop``) is sent, keep the response open this long.
             The client has the answer and its usage (billed) but its call does not
@@ -161,6 +182,8 @@ class Fault:
     match: str | None = None
     stop_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    stream_error: str | None = None
+    stream_error_after: int = 3
     hold_s: float = 0.0
     applied: int = 0
 
@@ -168,6 +191,8 @@ class Fault:
         """Short description for the request log."""
         if self.drop_connection:
             return "drop_connection"
+        if self.stream_error is not None:
+            return f"mid-stream {self.stream_error}"
         if self.status is not None:
             return f"{self.status} {self.resolved_error_type()}"
         if self.stop_reason is not None:
@@ -268,8 +293,8 @@ class FakeAnthropicServer:
         drift: float = 1.15,
         latency_s: float = 0.0,
         context_windows: Mapping[str, int] | None = None,
-        default_context_window: int = 200_000,
-        max_output_tokens: int = 64_000,
+        default_context_window: int | None = None,
+        max_output_tokens: int | None = None,
         faults: Sequence[Fault] = (),
         seed: int = 0,
         host: str = "127.0.0.1",
@@ -277,6 +302,8 @@ class FakeAnthropicServer:
         backlog: int = 2048,
         api_key: str | None = None,
         workers: int | None = None,
+        stream_error_rate: float = 0.0,
+        max_request_bytes: int = fake_responses.MAX_REQUEST_BYTES,
     ) -> None:
         """Configure the server (nothing listens until `start`).
 
@@ -287,10 +314,14 @@ class FakeAnthropicServer:
             latency_s: Non-blocking delay before answering each messages request.
             context_windows: Context window per model id. A key matches the model
                 id exactly or as a prefix followed by ``-`` (ids carry date
-                suffixes); the longest key wins. Also the catalogue for
-                ``GET /v1/models``.
-            default_context_window: Window for models not in ``context_windows``.
-            max_output_tokens: ``max_tokens`` reported by the Models API.
+                suffixes); the longest key wins. Keys that are not in the built-in
+                catalogue (`fake_models.MODELS`) become extra models; the Models API
+                serves both. Other ids are unknown models (404).
+            default_context_window: Window for catalogue models not in
+                ``context_windows`` (None: each model's published window).
+            max_output_tokens: Largest accepted ``max_tokens``, as the Models API
+                reports it (None: each model's published limit; 64,000 for extra
+                models).
             faults: Initial faults (see `add_fault`).
             seed: Seed of the RNG used for `Fault.rate` rolls.
             host: Interface to bind.
@@ -301,6 +332,9 @@ class FakeAnthropicServer:
                 token) or get 401 ``authentication_error``.
             workers: Threads for token counting and the brain (default: CPU
                 count, max 8), so big prompts do not stall the event loop.
+            stream_error_rate: Probability (seeded RNG) that a streamed reply ends
+                with a mid-stream ``overloaded_error`` event, as under real load.
+            max_request_bytes: Larger request bodies get 413 ``request_too_large``.
         """
         self.brain: Brain = brain if brain is not None else ScriptedAgentBrain()
         self.drift = drift
@@ -313,6 +347,8 @@ class FakeAnthropicServer:
         self.backlog = backlog
         self.api_key = api_key
         self._workers = workers or min(8, os.cpu_count() or 2)
+        self.stream_error_rate = stream_error_rate
+        self.max_request_bytes = max_request_bytes
 
         self._lock = threading.Lock()
         self._faults: list[Fault] = list(faults)
@@ -479,15 +515,44 @@ class FakeAnthropicServer:
         with self._lock:
             self._cache_seen.clear()
 
-    def context_window(self, model: str) -> int:
-        """The context window the server enforces for ``model``."""
+    def model(self, model_id: str) -> FakeModel | None:
+        """The model ``model_id`` names (with this server's windows and limits), or None."""
         best: str | None = None
         for key in self.context_windows:
-            if (model == key or model.startswith(key + "-")) and (
+            if (model_id == key or model_id.startswith(key + "-")) and (
                 best is None or len(key) > len(best)
             ):
                 best = key
-        return self.context_windows[best] if best is not None else self.default_context_window
+        base = find_model(model_id)
+        if base is None and best is None:
+            return None
+        if base is None:
+            assert best is not None
+            base = FakeModel(best, f"Fake {best}", 0, 64_000, True, "2025-01-01T00:00:00Z")
+        window = (
+            self.context_windows[best]
+            if best is not None
+            else self.default_context_window or base.context_window
+        )
+        return FakeModel(
+            model_id,
+            base.display_name,
+            window,
+            self.max_output_tokens or base.max_output_tokens,
+            base.stops_on_overflow,
+            base.created_at,
+        )
+
+    def get(self, model_id: str) -> FakeModel | None:
+        """Alias of `model` (the lookup `fake_validation` expects)."""
+        return self.model(model_id)
+
+    def context_window(self, model: str) -> int:
+        """The context window the server enforces for ``model`` (200K if unknown)."""
+        found = self.model(model)
+        return found.context_window if found is not None else (
+            self.default_context_window or 200_000
+        )
 
     # ---- accounting --------------------------------------------------------------
     def prompt_tokens(self, body: Mapping[str, Any]) -> int:
@@ -651,14 +716,33 @@ class FakeAnthropicServer:
             record.metadata = dict(body["metadata"])
         self._check_auth(request)
         fault = await self._apply_fault(request, record, raw)
-        self._validate_messages_body(body)
+        if fault is not None and fault.stream_error is not None and not record.stream:
+            raise _ApiError(
+                _STATUS_OF_TYPE.get(fault.stream_error, 500),
+                _DEFAULT_ERROR_MESSAGES.get(fault.stream_error, "Error"),
+                fault.stream_error,
+            )
+        too_large = fake_responses.check_request_size(raw, self.max_request_bytes)
+        if too_large:
+            raise _ApiError(413, too_large)
+        self._validate(request, body)
         model = str(body["model"])
 
         prompt, reply, content, output = await self._in_worker(self._compute, body)
         record.input_tokens = prompt
-        window = self.context_window(model)
-        if prompt > window:
-            raise _ApiError(400, f"prompt is too long: {prompt} tokens > {window} maximum")
+        found = self.model(model)
+        assert found is not None  # validated
+        rejected = check_window(prompt, int(body["max_tokens"]), found)
+        if rejected is not None:
+            raise _ApiError(rejected.status, rejected.message, rejected.error_type)
+        limit = fake_responses.context_limit(
+            model, prompt, int(body["max_tokens"]), found.context_window,
+            stops=found.stops_on_overflow,
+        )
+        if isinstance(limit, str):
+            raise _ApiError(400, limit)
+        cut = fake_responses.limit_reply(content, output, *limit, drift=self.drift)
+        content, output = cut.content, cut.output_tokens
 
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
@@ -667,6 +751,7 @@ class FakeAnthropicServer:
         usage["output_tokens"] = output
         stop_reason = (
             (fault.stop_reason if fault is not None else None)
+            or cut.stop_reason
             or (reply.stop_reason if reply is not None else None)
             or ("tool_use" if any(b.get("type") == "tool_use" for b in content) else "end_turn")
         )
@@ -682,8 +767,17 @@ class FakeAnthropicServer:
         }
         record.usage = dict(usage)
         if record.stream:
+            interrupt = fault.stream_error if fault is not None else None
+            if interrupt is None and self.stream_error_rate > 0:
+                with self._lock:
+                    if self._rng.random() < self.stream_error_rate:
+                        interrupt = "overloaded_error"
+                        record.fault = "mid-stream overloaded_error (rate)"
+            after = fault.stream_error_after if fault is not None else 3
             hold = fault.hold_s if fault is not None else 0.0
-            return await self._stream(request, record, message, hold)
+            return await self._stream(
+                request, record, message, cut.partial_json, interrupt, after, hold
+            )
         response = self._finish(record, web.json_response(message))
         try:
             await response.prepare(request)
@@ -708,24 +802,32 @@ class FakeAnthropicServer:
         content = [dict(b) for b in reply.content]
         return prompt, reply, content, self.output_tokens(content)
 
-    @staticmethod
-    def _validate_messages_body(body: Mapping[str, Any]) -> None:
-        if not isinstance(body.get("model"), str) or not body["model"]:
-            raise _ApiError(400, "model: Field required")
-        if not isinstance(body.get("max_tokens"), int):
-            raise _ApiError(400, "max_tokens: Field required")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _ApiError(400, "messages: at least one message is required")
+    def _validate(
+        self, request: web.Request, body: Mapping[str, Any], count_tokens: bool = False
+    ) -> None:
+        """Reject the request as the real API would (see `fake_validation`)."""
+        rejected = validate_request(
+            body,
+            self,
+            anthropic_version=request.headers.get("anthropic-version"),
+            count_tokens=count_tokens,
+        )
+        if rejected is not None:
+            raise _ApiError(rejected.status, rejected.message, rejected.error_type)
 
     async def _stream(
         self,
         request: web.Request,
         record: RequestRecord,
         message: dict[str, Any],
+        partial_json: Mapping[int, str] | None = None,
+        interrupt: str | None = None,
+        interrupt_after: int = 3,
         hold_s: float = 0.0,
     ) -> web.StreamResponse:
-        """Send ``message`` as the real API's SSE event sequence (then hold ``hold_s``)."""
+        """Send ``message`` as the real API's SSE event sequence (cut tool inputs as
+        ``partial_json``; ``interrupt``: an error type sent mid-stream instead of the
+        rest; ``hold_s``: keep the response open that long after the whole reply)."""
         response = web.StreamResponse(
             status=200,
             headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
@@ -737,11 +839,19 @@ class FakeAnthropicServer:
             payload = f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
             await response.write(payload.encode("utf-8"))
 
+        emit: Callable[[str, dict[str, Any]], Awaitable[None]] = send
+        if interrupt is not None:
+            emit = fake_responses.interrupting_send(
+                send, interrupt_after, interrupt, _DEFAULT_ERROR_MESSAGES.get(interrupt, "Error")
+            )
         try:
-            await self._send_events(send, message)
-            record.answered = True
-            if hold_s > 0:
-                await asyncio.sleep(hold_s)
+            try:
+                await self._send_events(emit, message, partial_json)
+                record.answered = True
+                if hold_s > 0:
+                    await asyncio.sleep(hold_s)
+            except fake_responses.StreamInterrupted:
+                record.error = f"mid-stream {interrupt}"
             await response.write_eof()
         except ConnectionError:
             # The client went away mid-stream (e.g. its timeout fired); nothing to do.
@@ -751,7 +861,9 @@ class FakeAnthropicServer:
 
     @staticmethod
     async def _send_events(
-        send: Callable[[str, dict[str, Any]], Awaitable[None]], message: dict[str, Any]
+        send: Callable[[str, dict[str, Any]], Awaitable[None]],
+        message: dict[str, Any],
+        partial_json: Mapping[int, str] | None = None,
     ) -> None:
         """The real API's event sequence for one message."""
         usage = message["usage"]
@@ -797,7 +909,9 @@ class FakeAnthropicServer:
                     },
                 )
                 # The real API sends an empty first delta, then JSON fragments.
-                partial = json.dumps(block.get("input", {}), separators=(",", ":"))
+                partial = (partial_json or {}).get(index)
+                if partial is None:
+                    partial = json.dumps(block.get("input", {}), separators=(",", ":"))
                 for piece in ["", *_chunks(partial, 32)]:
                     await send(
                         "content_block_delta",
@@ -834,21 +948,28 @@ class FakeAnthropicServer:
         record.model = body.get("model") if isinstance(body.get("model"), str) else None
         self._check_auth(request)
         await self._apply_fault(request, record, raw)
-        if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
-            raise _ApiError(400, "model and messages are required")
+        self._validate(request, body, count_tokens=True)
         tokens = await self._in_worker(self.prompt_tokens, body)
         record.input_tokens = tokens
         return self._finish(record, web.json_response({"input_tokens": tokens}))
 
+    def model_ids(self) -> list[str]:
+        """Ids the Models API lists: extra models of ``context_windows``, then the catalogue."""
+        extra = [k for k in self.context_windows if find_model(k) is None]
+        return extra + [k for k in MODELS if k not in extra]
+
     def _model_info(self, model_id: str) -> dict[str, Any]:
+        found = self.model(model_id)
+        if found is None:
+            raise _ApiError(404, f"model: {model_id}", "not_found_error")
         return {
             "type": "model",
             "id": model_id,
-            "display_name": f"Fake {model_id}",
-            "created_at": "2025-01-01T00:00:00Z",
+            "display_name": found.display_name,
+            "created_at": found.created_at,
             "lifecycle": "active",
-            "max_input_tokens": self.context_window(model_id),
-            "max_tokens": self.max_output_tokens,
+            "max_input_tokens": found.context_window,
+            "max_tokens": found.max_output_tokens,
         }
 
     async def _handle_model(self, request: web.Request) -> web.StreamResponse:
@@ -865,9 +986,7 @@ class FakeAnthropicServer:
         async def handler(req: web.Request, record: RequestRecord) -> web.StreamResponse:
             self._check_auth(req)
             await self._apply_fault(req, record, "")
-            from temporal_handoff.schemas.tokens import CONTEXT_WINDOWS
-
-            ids = list(self.context_windows) or list(CONTEXT_WINDOWS)
+            ids = self.model_ids()
             data = [self._model_info(i) for i in ids]
             body = {
                 "data": data,

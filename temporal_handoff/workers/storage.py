@@ -29,7 +29,16 @@ size threshold is written to a `StorageDriver` and history keeps only a referenc
   stored for; the driver lists the digests a workflow references in an index
   directory (one append-only file per worker process, so writers never share a
   file). `gc_session` deletes a closed session's index and every blob no other
-  index references; a blob shared with another session survives.
+  index references; a blob shared with another session survives. The command line
+  (`python -m temporal_handoff.workers.storage gc`, see `storage_maintenance`) first
+  asks Temporal that the session and its handoff children are closed.
+* **Verified.** A blob is checked against its name when read (a corrupt or missing one
+  raises `BlobUnavailableError`, naming its sha256 and how to recover) and when a
+  writer deduplicates onto it: an existing file whose bytes differ from the writer's is
+  rewritten atomically, so a corrupt chunk is repaired by any writer that has the
+  bytes. Partial temporary files (kill -9, a full disk) are removed after a grace
+  period; a full disk is a one-line, retryable `StoreFullError` and leaves nothing
+  half-written.
 
 Use `external_storage(directory)` to get an `ExternalStorage`, and give it to
 `HandoffPlugin(storage=...)`. On a cluster without a shared filesystem use the SDK's
@@ -41,19 +50,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import shutil
 import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
     ExternalStorage,
@@ -68,14 +80,20 @@ from temporalio.converter import (
 __all__ = [
     "DEFAULT_THRESHOLD_BYTES",
     "DRIVER_NAME",
+    "BlobUnavailableError",
     "GcResult",
     "LocalStorageDriver",
     "StorageStats",
+    "StoreFullError",
+    "VerifyResult",
+    "clean_tmp",
     "external_storage",
     "gc_orphans",
     "gc_session",
+    "session_scopes",
     "split_points",
     "storage_stats",
+    "verify_store",
 ]
 
 DRIVER_NAME = "handoff-local"
@@ -96,6 +114,53 @@ _UNSCOPED = "_unscoped"
 # blocks, tools, tasks. The cut goes before the `{`.
 _CUT = re.compile(rb'[\[,](?=\{")')
 _SAFE = "-_.@+="
+_SCOPE_FILE = "scope"
+"""In an index directory whose name is shortened (a long workflow id): the full id."""
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+TMP_GRACE_S = 900.0
+"""Temporary files older than this are partial writes (kill -9, disk full): removed.
+
+A writer keeps its temporary file for the time of one write and rename; the grace
+leaves a concurrent writer's file alone even on a slow shared filesystem."""
+
+
+class BlobUnavailableError(Exception):
+    """A stored payload cannot be read: a blob is missing or corrupt, or the reference
+    is not one this driver made or can parse.
+
+    The message is one line: the sha256, the store directory, and how to recover
+    (restore the blob, then `temporal workflow reset` the workflow that failed).
+    """
+
+    def __init__(self, message: str, *, sha256: str | None, directory: Path, reason: str) -> None:
+        super().__init__(message)
+        self.sha256 = sha256
+        """Hex digest of the blob (None when the reference does not name one)."""
+        self.directory = directory
+        self.reason = reason
+        """``missing``, ``corrupt`` or ``bad-reference``."""
+
+
+class StoreFullError(OSError):
+    """The store's filesystem is full (ENOSPC) or over quota (EDQUOT).
+
+    Nothing was left half-written: the write is retried as a whole (an activity
+    attempt, a workflow task) once there is space.
+    """
+
+    def __init__(self, message: str, err: OSError) -> None:
+        super().__init__(err.errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_RECOVER = (
+    "recover: restore the blob (a writer storing the same content rewrites it; "
+    "`python -m temporal_handoff.workers.storage verify DIR` lists damaged ones), then "
+    "the next attempt reads it, or `temporal workflow reset` a workflow that already failed"
+)
 
 
 def split_points(data: bytes, min_chunk: int, max_chunk: int) -> list[int]:
@@ -144,8 +209,50 @@ def _scope_dir_name(scope: str) -> str:
     return name
 
 
-def _scope_from_dir_name(name: str) -> str:
-    return unquote(name)
+def _is_shortened(name: str) -> bool:
+    return len(name) == 185 and name[120] == "~"
+
+
+def _scope_of_dir(d: Path) -> str:
+    """The workflow id an index directory belongs to.
+
+    A shortened name (ids over ~200 characters) cannot be decoded: the driver writes
+    the full id into the directory's ``scope`` file. (Directories written before that
+    have none; `session_scopes` finds those of a session by recomputing the names.)
+    """
+    if _is_shortened(d.name):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return (d / _SCOPE_FILE).read_text(encoding="utf-8")
+    return unquote(d.name)
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MiB free"
+
+
+def _full_error(directory: Path, err: OSError) -> StoreFullError:
+    what = "over quota" if err.errno == errno.EDQUOT else "full"
+    return StoreFullError(
+        f"payload store {directory} is {what} ({_free_space(directory)}): nothing was "
+        "stored, the write is retried; free space (gc closed sessions: "
+        "`python -m temporal_handoff.workers.storage gc`)",
+        err,
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 @dataclass
@@ -159,6 +266,10 @@ class StorageStats:
     written_bytes: int = 0
     """Bytes of chunk and manifest files actually written (new content only)."""
     written_files: int = 0
+    verified_files: int = 0
+    """Existing blobs checked (bytes compared) before deduplicating onto them."""
+    repaired_files: int = 0
+    """Existing blobs whose bytes were wrong, rewritten from the writer's bytes."""
     retrieves: int = 0
     retrieved_bytes: int = 0
     cache_hits: int = 0
@@ -232,6 +343,8 @@ class LocalStorageDriver(StorageDriver):
             activity that reads a request does not re-read the unchanged prefix.
         inline_io_bytes: Payloads smaller than this are stored and read on the event
             loop (a few small files); bigger ones in a thread.
+        tmp_grace_s: At start, temporary files older than this (partial writes of a
+            killed process or a full disk) are removed.
     """
 
     def __init__(
@@ -244,6 +357,7 @@ class LocalStorageDriver(StorageDriver):
         fsync: bool = False,
         cache_bytes: int = 64 * 1024 * 1024,
         inline_io_bytes: int = 256 * 1024,
+        tmp_grace_s: float = TMP_GRACE_S,
     ) -> None:
         if min_chunk < 64 or max_chunk < min_chunk:
             raise ValueError("need 64 <= min_chunk <= max_chunk")
@@ -259,6 +373,8 @@ class LocalStorageDriver(StorageDriver):
         self._tmp = self.directory / "tmp"
         for d in (self._blobs, self._index, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a read-only client must still start
+            clean_tmp(self.directory, grace_s=tmp_grace_s)
         self._cache = _LruBytes(cache_bytes)
         # Digests this process has indexed for a scope and made sure exist on disk.
         # A scope's blobs are only deleted by GC of that scope (a closed session),
@@ -266,6 +382,9 @@ class LocalStorageDriver(StorageDriver):
         self._known: OrderedDict[str, set[bytes]] = OrderedDict()
         self._known_limit = 4096
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._named_scopes: set[str] = set()
+        """Shortened index directories whose ``scope`` file this process wrote."""
         self._writer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # ------------------------------------------------------------------ driver API
@@ -290,7 +409,7 @@ class LocalStorageDriver(StorageDriver):
         self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
     ) -> list[Payload]:
         items = list(claims)
-        size = sum(int(c.claim_data.get("size", "0") or 0) for c in items)
+        size = sum(_claimed_size(c) for c in items)
         if size < self.inline_io_bytes:
             return self._retrieve_all(items)
         return await asyncio.to_thread(self._retrieve_all, items)
@@ -356,34 +475,91 @@ class LocalStorageDriver(StorageDriver):
 
     def _ensure_blob(self, digest: bytes, content: bytes) -> None:
         path = self._blob_path(digest)
-        if path.exists():
-            # Refresh the mtime: a concurrent GC of another session that last
-            # referenced this blob leaves recently touched blobs alone.
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(path)
-                return
-        path.parent.mkdir(exist_ok=True)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if st.st_size == len(content) and _same_bytes(path, content):
+                self.stats.verified_files += 1
+                # Refresh the mtime: a concurrent GC of another session that last
+                # referenced this blob leaves recently touched blobs alone.
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(path)
+                    return
+            else:
+                # Not what its name says (a bad disk, a torn copy): every session that
+                # deduplicated onto it needs these bytes, and this writer has them.
+                self.stats.repaired_files += 1
         tmp = self._tmp / f"{digest.hex()}.{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(content)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                _write_all(fd, content)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException as err:
+            _remove_quietly(tmp)
+            if isinstance(err, OSError) and err.errno in _FULL:
+                raise _full_error(self.directory, err) from err
+            raise
         if self.fsync:
             _fsync_dir(path.parent)
         self.stats.written_bytes += len(content)
         self.stats.written_files += 1
 
     def _append_index(self, scope: str, digests: Iterable[bytes]) -> None:
-        d = self._index / _scope_dir_name(scope)
-        d.mkdir(exist_ok=True)
+        name = _scope_dir_name(scope)
+        d = self._index / name
         lines = "".join(x.hex() + "\n" for x in digests).encode()
-        with open(d / f"{self._writer_id}.idx", "ab") as f:
-            f.write(lines)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        path = d / f"{self._writer_id}.idx"
+        # One lock per process: threads of this driver share its index files, and a
+        # failed append is cut back to where it started (no torn line joins the next).
+        with self._index_lock:
+            try:
+                d.mkdir(exist_ok=True)
+                if _is_shortened(name) and scope not in self._named_scopes:
+                    self._name_scope(d, scope)
+                with open(path, "ab") as f:
+                    start = f.tell()
+                    try:
+                        f.write(lines)
+                        f.flush()
+                        if self.fsync:
+                            os.fsync(f.fileno())
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            f.truncate(start)
+                        raise
+            except OSError as err:
+                if err.errno in _FULL:
+                    raise _full_error(self.directory, err) from err
+                raise
+
+    def _name_scope(self, d: Path, scope: str) -> None:
+        """Write the full workflow id next to a shortened index directory name."""
+        target = d / _SCOPE_FILE
+        if not target.exists():
+            tmp = self._tmp / f"scope.{uuid.uuid4().hex}"
+            try:
+                tmp.write_text(scope, encoding="utf-8")
+                os.replace(tmp, target)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+        if len(self._named_scopes) > self._known_limit:
+            self._named_scopes.clear()
+        self._named_scopes.add(scope)
+
+    def _forget(self, digest: bytes) -> None:
+        """A blob was found damaged: let this process's next writer of it check it again."""
+        with self._lock:
+            for known in self._known.values():
+                known.discard(digest)
 
     # ------------------------------------------------------------------ retrieving
     def _retrieve_all(self, claims: list[StorageDriverClaim]) -> list[Payload]:
@@ -395,33 +571,79 @@ class LocalStorageDriver(StorageDriver):
             self.stats.cache_hits += 1
             return cached
         path = self._blob_path(digest)
+        h = digest.hex()
         try:
             content = path.read_bytes()
         except FileNotFoundError:
-            raise FileNotFoundError(
-                f"payload blob {digest.hex()} is missing from {self.directory} "
-                "(every worker must share this directory; was the session garbage-collected?)"
+            raise BlobUnavailableError(
+                f"payload blob {h} is missing from the store {self.directory} (garbage-"
+                f"collected, or a worker using another store directory?); {_RECOVER}",
+                sha256=h, directory=self.directory, reason="missing",
             ) from None
-        if hashlib.sha256(content).digest() != digest:
-            raise ValueError(f"payload blob {path} is corrupt (sha256 mismatch)")
+        actual = hashlib.sha256(content).hexdigest()
+        if actual != h:
+            self._forget(digest)
+            raise BlobUnavailableError(
+                f"payload blob {h} in the store {self.directory} is corrupt (file "
+                f"{path.relative_to(self.directory)} hashes to {actual[:16]}…); {_RECOVER}",
+                sha256=h, directory=self.directory, reason="corrupt",
+            )
         self._cache.put(digest, content)
         return content
 
+    def _bad_reference(self, claim: StorageDriverClaim, why: str) -> BlobUnavailableError:
+        m = str(claim.claim_data.get("m", ""))[:80]
+        return BlobUnavailableError(
+            f"payload reference {m or '(no digest)'} is not one the {self._name!r} store "
+            f"{self.directory} can read ({why}); if it is the session's own payload, {_RECOVER}",
+            sha256=m or None, directory=self.directory, reason="bad-reference",
+        )
+
     def _retrieve_one(self, claim: StorageDriverClaim) -> Payload:
-        mdigest = bytes.fromhex(claim.claim_data["m"])
+        m = claim.claim_data.get("m", "")
+        try:
+            mdigest = bytes.fromhex(m)
+        except (TypeError, ValueError):
+            mdigest = b""
+        if len(mdigest) != _DIGEST:
+            raise self._bad_reference(claim, "no sha256 manifest digest")
         manifest = self._read_blob(mdigest)
-        head, total, digests = _parse_manifest(manifest)
+        try:
+            head, total, digests = _parse_manifest(manifest)
+            payload = Payload.FromString(head)
+        except (ValueError, DecodeError) as err:
+            raise self._bad_reference(claim, f"blob is not a payload manifest: {err}") from None
         data = b"".join(self._read_blob(d) for d in digests)
         if hashlib.sha256(data).digest() != total:
-            raise ValueError(f"payload {mdigest.hex()} does not match its manifest")
-        payload = Payload.FromString(head)
+            raise BlobUnavailableError(
+                f"payload {mdigest.hex()} in the store {self.directory} does not match its "
+                f"manifest (sha256 of the chunks differs); {_RECOVER}",
+                sha256=mdigest.hex(), directory=self.directory, reason="corrupt",
+            )
         payload.data = data
         self.stats.retrieves += 1
         self.stats.retrieved_bytes += len(data)
         return payload
 
 
+def _claimed_size(claim: StorageDriverClaim) -> int:
+    try:
+        return max(0, int(claim.claim_data.get("size", "0") or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _same_bytes(path: Path, content: bytes) -> bool:
+    """Does the file hold exactly `content` (hence hash to its name)?"""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            return f.readall() == content
+    except FileNotFoundError:
+        return False
+
+
 def _parse_manifest(manifest: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    """Header, payload sha256 and chunk digests; ValueError unless the layout is exact."""
     if manifest[:4] != _MANIFEST_MAGIC:
         raise ValueError("not a temporal-handoff payload manifest")
     pos = 4
@@ -433,6 +655,8 @@ def _parse_manifest(manifest: bytes) -> tuple[bytes, bytes, list[bytes]]:
     pos += _DIGEST
     count = int.from_bytes(manifest[pos : pos + 4], "big")
     pos += 4
+    if len(manifest) != pos + count * _DIGEST or len(head) != hlen:
+        raise ValueError("truncated or malformed manifest")
     digests = [manifest[pos + i * _DIGEST : pos + (i + 1) * _DIGEST] for i in range(count)]
     return head, total, digests
 
@@ -463,6 +687,10 @@ def external_storage(
 
 
 # ---------------------------------------------------------------------- GC
+_LEGACY_GENERATIONS = 100_000
+"""Generations tried to find a long id's children in directories without a scope file."""
+
+
 def _index_dirs(root: Path) -> Iterator[Path]:
     index = root / "index"
     if index.is_dir():
@@ -476,8 +704,60 @@ def _read_index(d: Path) -> set[bytes]:
             for line in f.read_bytes().split(b"\n"):
                 line = line.strip()
                 if len(line) == 2 * _DIGEST:
-                    out.add(bytes.fromhex(line.decode()))
+                    with contextlib.suppress(ValueError):
+                        out.add(bytes.fromhex(line.decode()))
     return out
+
+
+def _session_dirs(
+    root: Path, workflow_id: str, include_children: bool
+) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """The index directories of a session (with its scope) and all the others.
+
+    A session's own scopes are its id (every run) and, with `include_children`, the ids
+    of its handoff children, exactly: ``<id>-handoff-<generation>`` and the run-scoped
+    ``<id>-handoff-<generation>-<run id[:8]>`` a reset run starts. ``alpha`` never
+    matches ``alpha-handoff-review``.
+    """
+    exact = _scope_dir_name(workflow_id)
+    child = re.compile(re.escape(workflow_id) + r"-handoff-\d+(?:-[0-9a-f]{8})?")
+    long_prefix = _scope_dir_name(f"{workflow_id}-handoff-0")[:120]
+    mine: list[tuple[Path, str]] = []
+    others: list[Path] = []
+    unnamed: dict[str, Path] = {}
+    for d in _index_dirs(root):
+        if d.name == exact:
+            mine.append((d, workflow_id))
+        elif not include_children:
+            others.append(d)
+        elif _is_shortened(d.name) and not (d / _SCOPE_FILE).exists():
+            # Written before shortened names got a scope file: only recomputing the
+            # name of each generation's child tells whose it is.
+            if d.name.startswith(long_prefix):
+                unnamed[d.name] = d
+            else:
+                others.append(d)
+        elif child.fullmatch(_scope_of_dir(d)):
+            mine.append((d, _scope_of_dir(d)))
+        else:
+            others.append(d)
+    for n in range(_LEGACY_GENERATIONS if unnamed else 0):
+        scope = f"{workflow_id}-handoff-{n}"
+        found = unnamed.pop(_scope_dir_name(scope), None)
+        if found is not None:
+            mine.append((found, scope))
+        if not unnamed:
+            break
+    others.extend(unnamed.values())
+    return mine, others
+
+
+def session_scopes(
+    directory: str | os.PathLike[str], workflow_id: str, *, include_children: bool = True
+) -> list[str]:
+    """The workflow ids `gc_session` would collect for `workflow_id` (that have an index)."""
+    mine, _ = _session_dirs(Path(directory), workflow_id, include_children)
+    return sorted(scope for _, scope in mine)
 
 
 def _delete_blobs(
@@ -510,13 +790,16 @@ def gc_session(
     include_children: bool = True,
     grace_s: float = 300.0,
 ) -> GcResult:
-    """Delete a closed session's stored payloads.
+    """Delete a closed session's stored payloads (the filesystem part; no Temporal check).
 
     Removes the index of `workflow_id` (all its runs: generations share the id) and,
-    with `include_children`, of its handoff children (`<id>-handoff-<n>`), then
-    deletes every blob they listed that no other index references. Call it only
-    for a session that is closed and whose history you no longer need to replay or
-    decode: the references in its history become unreadable.
+    with `include_children`, of its handoff children (`<id>-handoff-<n>`, and the
+    run-scoped `<id>-handoff-<n>-<run>` after a reset; matched exactly), then deletes
+    every blob they listed that no other index references. Call it only for a session
+    that is closed and whose history you no longer need to replay or decode: the
+    references in its history become unreadable.
+    `storage_maintenance.gc_closed_session` (the command line) checks with Temporal
+    first that the session and its children are closed.
 
     Args:
         directory: The store's root directory.
@@ -526,16 +809,10 @@ def gc_session(
             session may have just deduplicated against one).
     """
     root = Path(directory)
-    prefix = _scope_dir_name(f"{workflow_id}-handoff-")
-    exact = _scope_dir_name(workflow_id)
-    targets: list[Path] = []
-    others: list[Path] = []
-    for d in _index_dirs(root):
-        if d.name == exact or (include_children and d.name.startswith(prefix)):
-            targets.append(d)
-        else:
-            others.append(d)
-    result = GcResult(scopes=[_scope_from_dir_name(d.name) for d in targets])
+    targets, others = _session_dirs(root, workflow_id, include_children)
+    result = GcResult(scopes=[scope for _, scope in targets])
+    with contextlib.suppress(OSError):
+        clean_tmp(root)
     if not targets:
         return result
     # Move the session's index out of the way first: a blob it shares with a live
@@ -543,7 +820,7 @@ def gc_session(
     trash = root / "tmp" / f"gc-{uuid.uuid4().hex}"
     trash.mkdir(parents=True)
     mine: set[bytes] = set()
-    for d in targets:
+    for d, _ in targets:
         mine |= _read_index(d)
         d.rename(trash / d.name)
     keep: set[bytes] = set()
@@ -554,75 +831,130 @@ def gc_session(
     return result
 
 
+def _blob_files(root: Path) -> Iterator[Path]:
+    blobs = root / "blobs"
+    for sub in blobs.iterdir() if blobs.is_dir() else ():
+        if sub.is_dir():
+            yield from (p for p in sub.iterdir() if len(p.name) == 2 * _DIGEST)
+
+
 def gc_orphans(directory: str | os.PathLike[str], *, grace_s: float = 3600.0) -> GcResult:
-    """Delete blobs that no index references (e.g. left by an interrupted GC)."""
+    """Delete blobs that no index references (e.g. left by an interrupted GC), and
+    temporary files older than `TMP_GRACE_S`."""
     root = Path(directory)
     keep: set[bytes] = set()
     for d in _index_dirs(root):
         keep |= _read_index(d)
     result = GcResult(scopes=[])
-    blobs = root / "blobs"
-    every = (
-        bytes.fromhex(p.name)
-        for sub in (blobs.iterdir() if blobs.is_dir() else ())
-        for p in sub.iterdir()
-        if len(p.name) == 2 * _DIGEST
-    )
-    _delete_blobs(root, list(every), keep, grace_s, result)
+    every = [bytes.fromhex(p.name) for p in _blob_files(root)]
+    _delete_blobs(root, every, keep, grace_s, result)
+    with contextlib.suppress(OSError):
+        clean_tmp(root)
+    return result
+
+
+def clean_tmp(directory: str | os.PathLike[str], *, grace_s: float = TMP_GRACE_S) -> int:
+    """Remove temporary files (and interrupted GCs' index trash) older than `grace_s`.
+
+    A writer's temporary file lives for one write and rename; what is older was left by
+    a killed process or a failed write. Returns the number of entries removed.
+    """
+    tmp = Path(directory) / "tmp"
+    if not tmp.is_dir():
+        return 0
+    now = time.time()
+    removed = 0
+    for p in tmp.iterdir():
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            continue
+        if now - st.st_mtime < grace_s:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_dir() and not p.is_symlink():
+                _rmtree(p)
+            else:
+                p.unlink()
+            removed += 1
+    return removed
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of `verify_store`."""
+
+    blobs: int = 0
+    bytes: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    """Paths of blobs whose bytes do not hash to their name."""
+    missing: list[str] = field(default_factory=list)
+    """``<chunk sha256> (manifest <sha256>)``: chunks a stored payload needs, not found."""
+    tmp_files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt and not self.missing
+
+
+def verify_store(directory: str | os.PathLike[str]) -> VerifyResult:
+    """Hash every blob against its name; check that every manifest's chunks exist."""
+    root = Path(directory)
+    result = VerifyResult()
+    paths = list(_blob_files(root))
+    names = {p.name for p in paths}
+    for path in paths:
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:  # collected meanwhile
+            continue
+        result.blobs += 1
+        result.bytes += len(content)
+        if hashlib.sha256(content).hexdigest() != path.name:
+            result.corrupt.append(str(path))
+            continue
+        if content[:4] == _MANIFEST_MAGIC:
+            try:
+                _, _, digests = _parse_manifest(content)
+            except ValueError:
+                continue  # a chunk that happens to start like a manifest
+            result.missing.extend(
+                f"{d.hex()} (manifest {path.name})" for d in digests if d.hex() not in names
+            )
+    tmp = root / "tmp"
+    result.tmp_files = sum(1 for _ in tmp.iterdir()) if tmp.is_dir() else 0
     return result
 
 
 def storage_stats(directory: str | os.PathLike[str]) -> dict[str, int]:
-    """Files and bytes in the store, and the number of indexed workflow ids."""
+    """Files and bytes in the store, indexed workflow ids, and temporary files."""
     root = Path(directory)
     files = size = 0
-    blobs = root / "blobs"
-    if blobs.is_dir():
-        for sub in blobs.iterdir():
-            for p in sub.iterdir():
-                files += 1
-                size += p.stat().st_size
-    return {"blobs": files, "bytes": size, "scopes": sum(1 for _ in _index_dirs(root))}
+    for p in _blob_files(root):
+        with contextlib.suppress(FileNotFoundError):
+            size += p.stat().st_size
+            files += 1
+    tmp = root / "tmp"
+    return {
+        "blobs": files,
+        "bytes": size,
+        "scopes": sum(1 for _ in _index_dirs(root)),
+        "tmp_files": sum(1 for _ in tmp.iterdir()) if tmp.is_dir() else 0,
+    }
 
 
 def _rmtree(path: Path) -> None:
-    for p in sorted(path.rglob("*"), key=lambda x: len(x.parts), reverse=True):
-        if p.is_dir():
-            p.rmdir()
-        else:
-            p.unlink()
-    path.rmdir()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m temporal_handoff.workers.storage {gc,orphans,stats} DIR [WORKFLOW_ID]``."""
-    import argparse
-    import json
+    """``python -m temporal_handoff.workers.storage {gc,orphans,stats,verify} DIR ...``.
 
-    p = argparse.ArgumentParser(prog="python -m temporal_handoff.workers.storage")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    gc = sub.add_parser("gc", help="delete a closed session's payloads")
-    gc.add_argument("directory")
-    gc.add_argument("workflow_id")
-    gc.add_argument("--grace-s", type=float, default=300.0)
-    gc.add_argument("--no-children", action="store_true")
-    orphans = sub.add_parser("orphans", help="delete blobs no session references")
-    orphans.add_argument("directory")
-    orphans.add_argument("--grace-s", type=float, default=3600.0)
-    stats = sub.add_parser("stats", help="files and bytes in the store")
-    stats.add_argument("directory")
-    args = p.parse_args(argv)
-    if args.cmd == "gc":
-        result = gc_session(
-            args.directory, args.workflow_id, include_children=not args.no_children,
-            grace_s=args.grace_s,
-        )
-        print(json.dumps(result.__dict__))
-    elif args.cmd == "orphans":
-        print(json.dumps(gc_orphans(args.directory, grace_s=args.grace_s).__dict__))
-    else:
-        print(json.dumps(storage_stats(args.directory)))
-    return 0
+    See `temporal_handoff.workers.storage_maintenance`.
+    """
+    from temporal_handoff.workers.storage_maintenance import main as _main
+
+    return _main(argv)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,9 @@ async def call_model(
         status, message = _error_parts(err)
         if status == 413 or "prompt is too long" in message:
             return ModelOutcome(overflow=True, failed_billed=billed)
+        if "exceed context limit" in message and workflow.patched("overflow-forms-1"):
+            # Older models: prompt + max_tokens over the window (a 400).
+            return ModelOutcome(overflow=True, failed_billed=billed)
         if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
             failure = f"model unreachable after {cfg.model_max_attempts} attempts: {message}"
         elif err.retry_state == RetryState.TIMEOUT:

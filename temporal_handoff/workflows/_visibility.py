@@ -36,10 +36,23 @@ def upsert(
     ledger: TokenLedger,
     state: ProjectState,
     payload: HandoffPayload | None,
+    *,
+    needs_human: bool | None = None,
+    end_reason: TerminationReason | None = None,
 ) -> None:
-    """Memo (handoff summary) and the Agent* search attributes (if enabled)."""
+    """Memo (handoff summary, end reason) and the Agent* search attributes (if enabled).
+
+    Args:
+        needs_human: also set `NeedsHuman` (None: leave it out, as older runs did).
+        end_reason: the session is closing for this reason (memo `end_reason`).
+    """
+    memo: dict[str, str] = {}
     if payload is not None:
-        workflow.upsert_memo({"handoff_summary": payload.summary()})
+        memo["handoff_summary"] = payload.summary()
+    if end_reason is not None:
+        memo["end_reason"] = end_reason.value
+    if memo:
+        workflow.upsert_memo(memo)
     if not cfg.search_attributes:
         return
     workflow.upsert_search_attributes(
@@ -52,6 +65,7 @@ def upsert(
             agent_type=cfg.agent_type,
             total_tokens=ledger.total_tokens,
             cost_usd=ledger.cost_usd,
+            needs_human=needs_human,
         )
     )
 

@@ -30,7 +30,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from temporal_handoff.schemas.config import TURN_RESERVE_TOKENS
+    from temporal_handoff.schemas.config import MAX_TOKENS_RETRIES, TURN_RESERVE_TOKENS
     from temporal_handoff.schemas.events import HandoffInput, RecallRequest, SealRequest
     from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, RunRef
     from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ModelResponse,
         ToolSpec,
         message_text,
+        wire_content,
     )
     from temporal_handoff.schemas.project import BlockerType, EventError, StateEvent
     from temporal_handoff.schemas.session import (
@@ -104,6 +105,8 @@ class AgentSessionWorkflow:
         self._model = self._cfg.model_for(inp.generation)
         self._ledger = (inp.ledger or TokenLedger()).new_generation()
         self._lifecycle = LifecycleState.INITIALIZING
+        self._upserted: LifecycleState | None = None
+        """The lifecycle the search attributes show."""
         self._book = SessionBook(
             state=inp.project.model_copy(deep=True),
             generation=inp.generation,
@@ -117,6 +120,11 @@ class AgentSessionWorkflow:
         self._known_upto = 0  # messages covered by the ledger's exact occupancy
         self._turn = 0
         self._fixed_tokens = self._cfg.fixed_prompt_tokens()
+        self._turn_max_tokens: int | None = None
+        """`max_tokens` raised after a reply was cut at the limit (kept for the rest of
+        this generation: the configured value is too small for this model's replies)."""
+        self._max_tokens_retries = 0
+        self._last_max_tokens = self._cfg.max_tokens
         self._started: datetime | None = None
         self._notifying: list[workflow.ActivityHandle[None]] = []
         """Notifications running alongside the session; awaited at the next safe point."""
@@ -328,6 +336,7 @@ class AgentSessionWorkflow:
                 retry_policy=RetryPolicy(maximum_attempts=3),
             )
             self._ledger.context_window = info.context_window
+            self._ledger.output_limit = info.max_output_tokens
         if inp.announce_handoff and inp.handoff is not None:
             # The predecessor left this to us so the handoff's critical path is
             # shorter; it runs alongside the first model call.
@@ -341,6 +350,10 @@ class AgentSessionWorkflow:
             # Every generation would hand off before its first call: stop now, with a
             # document to resume from once the config is fixed.
             return await self._finish(TerminationReason.CONFIG_ERROR, shortfall)
+        too_big = self._cfg.max_tokens_shortfall(self._ledger.output_limit, self._model)
+        if too_big and workflow.patched("max-tokens-limit-1"):
+            # The API would reject every call: stop now, with a document to resume from.
+            return await self._finish(TerminationReason.CONFIG_ERROR, too_big)
         self._upsert_visibility(inp.handoff)
         try:
             try:
@@ -430,7 +443,20 @@ class AgentSessionWorkflow:
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
             self._ledger.record(resp.usage, self._model, resp.estimated_new_tokens)
             book.health.model_calls += 1
-            self._messages.append({"role": "assistant", "content": resp.content})
+            if resp.stop_reason == "max_tokens" and workflow.patched("max-tokens-stop-1"):
+                self._cut_at_max_tokens(resp)
+                continue
+            self._max_tokens_retries = 0
+            if workflow.patched("no-empty-turns-1"):
+                # Claude may end a turn with `content: []` (typically after tool results)
+                # or a blank text block; the API rejects both when sent back, so they are
+                # not kept (the next user message then follows the previous one, which
+                # the API combines into one turn).
+                content = wire_content(resp.content)
+                if content:
+                    self._messages.append({"role": "assistant", "content": content})
+            else:
+                self._messages.append({"role": "assistant", "content": resp.content})
             self._known_upto = len(self._messages)
             if resp.stop_reason == "model_context_window_exceeded":
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
@@ -460,6 +486,32 @@ class AgentSessionWorkflow:
                 )
             self._ledger.pending_estimate = self._rough_tokens(self._messages[-1])
             await self._after_turn()
+
+    def _cut_at_max_tokens(self, resp: ModelResponse) -> None:
+        """A reply cut at `max_tokens`: never run its tool calls (the last may be cut
+        mid-input, yet look well-formed) nor keep it in the conversation; ask the same
+        turn again with `max_tokens` doubled (kept for later turns of this generation:
+        every cut reply pays for its whole prompt), or raise a blocker (`on_max_tokens`)."""
+        current = self._last_max_tokens
+        cap = min(
+            self._ledger.output_limit or 128_000,
+            self._cfg.max_tokens_room(self._ledger.context_window),
+        )
+        if (
+            self._cfg.on_max_tokens == "retry"
+            and self._max_tokens_retries < MAX_TOKENS_RETRIES
+            and current < cap
+        ):
+            self._turn_max_tokens = min(cap, current * 2)
+            self._max_tokens_retries += 1
+            return
+        self._turn_max_tokens, self._max_tokens_retries = None, 0
+        uses = sum(1 for b in resp.content if b.get("type") == "tool_use")
+        self._model_blocker(
+            f"max_tokens: the model's reply was cut at max_tokens={current} "
+            f"(stop_reason max_tokens); its {uses} tool call(s) were not run. Raise "
+            "max_tokens (within the model's output limit) or ask for shorter replies."
+        )
 
     def _rough_tokens(self, message: dict[str, Any]) -> int:
         # tiktoken is not allowed in workflow code; ~4 characters per token, calibrated,
@@ -497,6 +549,7 @@ class AgentSessionWorkflow:
                 LifecycleState.PAUSED if book.paused else LifecycleState.AWAITING_DECISION
             )
             self._set_details()
+            self._show_wait()
             condition = (lambda: runnable() or handoff_due()) if wake_on_history else runnable
             timeout = self._cfg.human_decision_timeout_s
             if book.paused or timeout is None:
@@ -517,6 +570,7 @@ class AgentSessionWorkflow:
         self._lifecycle = self._ledger.state_for(
             self._cfg.warn_threshold, self._cfg.handoff_threshold
         )
+        self._show_wait()
 
     def _defer_decisions(self) -> None:
         for b in self._book.state.open_blockers():
@@ -561,18 +615,28 @@ class AgentSessionWorkflow:
     async def _call_model(self) -> ModelResponse | None:
         """One model call; None if it was interrupted or opened a human blocker."""
         self._turn += 1
+        max_tokens = self._cfg.max_tokens
+        window = self._ledger.context_window
+        limit = int(self._cfg.handoff_threshold * window)
+        if workflow.patched("preflight-max-tokens-1"):
+            # The reply must fit too: prompt + max_tokens ≤ window (older models reject
+            # the call, newer ones cut the reply when the window is full).
+            room = self._cfg.max_tokens_room(window)
+            max_tokens = min(self._turn_max_tokens or max_tokens, room)
+            limit = min(limit, window - max_tokens)
+        self._last_max_tokens = max_tokens
         req = ModelRequest(
             model=self._model,
             system=self._system(self._inp.handoff),
             messages=self._messages,
             tools=self._tools(),
-            max_tokens=self._cfg.max_tokens,
+            max_tokens=max_tokens,
             turn=self._turn,
             generation=self._generation,
             known_occupancy=self._ledger.occupancy,
             new_from_index=self._known_upto if self._ledger.occupancy else 0,
             calibration=self._ledger.calibration,
-            preflight_limit=int(self._cfg.handoff_threshold * self._ledger.context_window),
+            preflight_limit=limit,
             stream_threshold=self._cfg.stream_threshold,
         )
         out = await turn_io.call_model(
@@ -793,6 +857,7 @@ class AgentSessionWorkflow:
         self._lifecycle = LifecycleState.HANDOFF_PENDING
         book.phase = Phase.SEALING
         self._set_details()
+        self._show_wait()
         try:
             payload = await self._sealed_payload(reason, fast)
         except (ChildWorkflowError, ActivityError) as err:
@@ -922,7 +987,7 @@ class AgentSessionWorkflow:
         self._lifecycle = LifecycleState.TERMINATED
         await self._notified()
         await self._start_notify("TERMINATED", reason)
-        self._upsert_visibility(document)
+        self._upsert_visibility(document, end_reason=reason)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return SessionResult(
             session_id=workflow.info().workflow_id,
@@ -1004,11 +1069,28 @@ class AgentSessionWorkflow:
             self._generation, self._turn, self._lifecycle, self._ledger, self._book.state
         )
 
-    def _upsert_visibility(self, payload: HandoffPayload | None) -> None:
+    def _upsert_visibility(
+        self, payload: HandoffPayload | None, end_reason: TerminationReason | None = None
+    ) -> None:
         self._set_details()
+        # From patch "wait-visibility-1" on: NeedsHuman, the end reason in the memo, and
+        # an upsert at every wait (pause, decision, handoff), not only after turns.
+        current = workflow.patched("wait-visibility-1")
         vis.upsert(
-            self._cfg, self._generation, self._lifecycle, self._ledger, self._book.state, payload
+            self._cfg, self._generation, self._lifecycle, self._ledger, self._book.state, payload,
+            needs_human=(
+                end_reason is None and self._book.state.human_decision_pending()
+                if current
+                else None
+            ),
+            end_reason=end_reason if current else None,
         )
+        self._upserted = self._lifecycle
+
+    def _show_wait(self) -> None:
+        """Upsert the lifecycle when a wait changes it (visible to list queries)."""
+        if self._upserted != self._lifecycle and workflow.patched("wait-visibility-1"):
+            self._upsert_visibility(None)
 
 
 def _is_cancellation(err: BaseException) -> bool:
