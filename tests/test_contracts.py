@@ -208,6 +208,7 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.handoff.RunRef": {"generation", "run_id", "workflow_id"},
     "schemas.handoff.TaskItem": {"id"},
     "schemas.handoff.TokenSummary": set(),
+    "schemas.model_io.BilledAnswers": set(),
     "schemas.model_io.ModelInfoRequest": {"model"},
     "schemas.model_io.ModelInfoResult": {"context_window", "model", "source"},
     "schemas.model_io.ModelRequest": {"messages", "model"},

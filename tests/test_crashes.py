@@ -108,10 +108,19 @@ async def test_sigkill_workers_ten_times(env: WorkflowEnvironment, client: Clien
     completed = sum((row.usage for row in chain), TokenUsage())
     assert result.ledger.total_tokens == completed.total
     assert result.ledger.calls == sum(row.turns for row in chain)
+    # What the fake answered (and the API would bill) vs the ledger's billed line: a
+    # random kill can land between an answer and its usage heartbeat (never counted
+    # twice, so billed ≤ answered); tests/test_billed_usage.py pins the equality.
+    answered = [r.usage or {} for r in fake.requests if r.path == "/v1/messages" and r.answered]
+    answered_total = sum(sum(u.values()) for u in answered)
+    billed = result.ledger.billed_tokens
+    assert billed <= answered_total
     print(
         f"\nRELIABILITY crashes: {kills} SIGKILLs survived; {project.completed_count} tasks, "
         f"0 completed twice, {len(decided)} decisions + 1 message kept, "
-        f"{result.ledger.total_tokens} tokens = sum of completed calls"
+        f"{result.ledger.total_tokens} tokens = sum of completed calls; billed {billed} "
+        f"({result.ledger.lost_answers} lost answers) of {answered_total} answered "
+        f"in {len(answered)} answers"
     )
 
 

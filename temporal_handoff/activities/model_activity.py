@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 from temporalio import activity
@@ -20,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from temporal_handoff.activities.cache_breakpoints import with_conversation_breakpoints
 from temporal_handoff.activities.tokenizer import count_tokens
 from temporal_handoff.schemas.model_io import (
+    BilledAnswers,
     ModelInfoRequest,
     ModelInfoResult,
     ModelRequest,
@@ -29,6 +32,8 @@ from temporal_handoff.schemas.model_io import (
     wire_messages,
 )
 from temporal_handoff.schemas.tokens import TokenUsage, fallback_context_window
+
+T = TypeVar("T")
 
 RETRYABLE_STATUS = {408, 409, 429}
 """Plus every status ≥ 500 (the SDK's own rule)."""
@@ -118,6 +123,31 @@ def _usage(raw: Any) -> TokenUsage:
     )
 
 
+def _billed_before() -> BilledAnswers:
+    """Answers earlier attempts of this call received and never returned (their usage,
+    heartbeated as soon as each answer came): billed, yet no result carried them."""
+    for detail in reversed(activity.info().heartbeat_details or ()):
+        found = BilledAnswers.from_detail(detail)
+        if found is not None:
+            return found
+    return BilledAnswers()
+
+
+def _with_billed(err: ApplicationError, billed: BilledAnswers) -> ApplicationError:
+    """The same error, with the lost answers' usage as its last detail (so a call
+    that finally fails still tells the workflow what it was billed)."""
+    if billed.answers == 0:
+        return err
+    return ApplicationError(
+        err.message,
+        *err.details,
+        billed.detail(),
+        type=err.type,
+        non_retryable=err.non_retryable,
+        next_retry_delay=err.next_retry_delay,
+    )
+
+
 class ModelActivities:
     """Model activities sharing one client per worker process.
 
@@ -152,7 +182,14 @@ class ModelActivities:
 
     @activity.defn(name="call_model")
     async def call_model(self, req: ModelRequest) -> ModelResponse:
-        """One Messages API call with a pre-flight context check."""
+        """One Messages API call with a pre-flight context check.
+
+        Each answer's usage is heartbeated the moment it arrives, added to what earlier
+        attempts heartbeated: if this attempt's result is then lost, the next attempt
+        returns it as `lost_usage` (or the final failure carries it).
+        """
+        billed = _billed_before()
+        so_far = [billed]  # plus this attempt's answer once it came
         if req.new_from_index == 0:
             new_text = prompt_text(req.messages, req.system, [t.wire() for t in req.tools])
         else:
@@ -165,6 +202,8 @@ class ModelActivities:
                 estimated_prompt_tokens=estimate,
                 preflight_refused=True,
                 model=req.model,
+                lost_usage=billed.usage,
+                lost_answers=billed.answers,
             )
         kwargs: dict[str, Any] = {
             "model": req.model,
@@ -184,13 +223,32 @@ class ModelActivities:
                 req.messages, req.system, kwargs.get("tools")
             )
         streamed = req.max_tokens > req.stream_threshold
+        answer: list[Any] = []  # this attempt's whole answer, once it came
         try:
             if streamed:
-                message = await self._stream(kwargs)
+                events = [0]
+                message = await self._heartbeating(
+                    self._stream(kwargs, so_far, answer, events), so_far, events
+                )
             else:
-                message = await self.client.messages.create(**kwargs)
+                message = await self._heartbeating(self.client.messages.create(**kwargs), so_far)
+                activity.heartbeat(billed.plus(_usage(message.usage)).detail())
         except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:
-            raise map_api_error(err) from None
+            raise _with_billed(map_api_error(err), so_far[0]) from None
+        except asyncio.CancelledError:
+            # Cancelled (pause, abort, shutdown) once answers were billed: hand them back
+            # (this attempt's whole answer is used; earlier lost ones are counted).
+            if answer:
+                message = answer[0]
+            elif so_far[0].answers:
+                return ModelResponse(
+                    model=req.model,
+                    cancelled=True,
+                    lost_usage=so_far[0].usage,
+                    lost_answers=so_far[0].answers,
+                )
+            else:
+                raise
         return ModelResponse(
             content=[b.model_dump(exclude_none=True) for b in message.content],
             usage=_usage(message.usage),
@@ -199,18 +257,54 @@ class ModelActivities:
             estimated_new_tokens=raw_new,
             estimated_prompt_tokens=estimate,
             streamed=streamed,
+            lost_usage=billed.usage,
+            lost_answers=billed.answers,
         )
 
-    async def _stream(self, kwargs: dict[str, Any]) -> Any:
-        """Stream (SSE) with heartbeats: the SDK refuses long non-streaming calls."""
-        async with self.client.messages.stream(**kwargs) as stream:
-            loop = asyncio.get_running_loop()
-            last = loop.time()
-            async for _event in stream:
+    async def _heartbeating(
+        self, call: Awaitable[T], so_far: list[BilledAnswers], events: list[int] | None = None
+    ) -> T:
+        """Await `call`, heartbeating every `heartbeat_every_s` what was billed so far
+        (a bare heartbeat would erase it on the server): a cancel (pause, abort)
+        reaches an attempt only through a heartbeat. With `events` (a stream's event
+        count) heartbeats stop once none came for half the heartbeat timeout, so a
+        stalled stream still times out (within 1.5 heartbeat timeouts)."""
+        task = asyncio.ensure_future(call)
+        loop = asyncio.get_running_loop()
+        timeout = activity.info().heartbeat_timeout
+        seen, seen_at = 0, loop.time()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self._heartbeat_every_s)
+                if done:
+                    return task.result()
                 now = loop.time()
-                if now - last >= self._heartbeat_every_s:
-                    activity.heartbeat()
-                    last = now
+                if events is not None and events[0] != seen:
+                    seen, seen_at = events[0], now
+                if events is None or timeout is None or now - seen_at < timeout.total_seconds() / 2:
+                    activity.heartbeat(so_far[0].detail())
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _stream(
+        self,
+        kwargs: dict[str, Any],
+        so_far: list[BilledAnswers],
+        answer: list[Any],
+        events: list[int],
+    ) -> Any:
+        """Stream (SSE): the SDK refuses long non-streaming calls. The whole answer's
+        usage is heartbeated at `message_stop` (`_heartbeating` sends the rest)."""
+        async with self.client.messages.stream(**kwargs) as stream:
+            async for event in stream:
+                events[0] += 1
+                if event.type == "message_stop":
+                    answer.append(stream.current_message_snapshot)
+                    so_far[0] = so_far[0].plus(_usage(answer[0].usage))
+                    activity.heartbeat(so_far[0].detail())
             return await stream.get_final_message()
 
     @activity.defn(name="model_info")

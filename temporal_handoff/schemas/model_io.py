@@ -87,6 +87,40 @@ class ModelResponse(DurableModel):
     preflight_refused: bool = False
     """True when the estimate exceeded `preflight_limit`; no model call was made."""
     streamed: bool = False
+    lost_usage: TokenUsage = Field(default_factory=TokenUsage)
+    """Usage of answers earlier attempts of this call received but whose result was
+    lost (killed worker, timeout): billed by the API, not part of the conversation."""
+    lost_answers: int = 0
+    cancelled: bool = False
+    """The call was cancelled (pause, abort) before an answer it could use: nothing to
+    append; only `lost_usage` (billed answers of earlier attempts) counts."""
+
+
+class BilledAnswers(DurableModel):
+    """What one model call has been billed for so far, over its attempts.
+
+    Heartbeat details of `call_model` (so the next attempt, or the timeout failure,
+    carries it) and the last detail of its `ApplicationError`s.
+    """
+
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    answers: int = 0
+
+    def plus(self, usage: TokenUsage) -> BilledAnswers:
+        return BilledAnswers(usage=self.usage + usage, answers=self.answers + 1)
+
+    @classmethod
+    def from_detail(cls, detail: Any) -> BilledAnswers | None:
+        """Decode one heartbeat/failure detail; None if it is not ours."""
+        if isinstance(detail, dict) and "billed_answers" in detail:
+            try:
+                return cls.model_validate(detail["billed_answers"])
+            except ValueError:
+                return None
+        return None
+
+    def detail(self) -> dict[str, Any]:
+        return {"billed_answers": self.model_dump(mode="json")}
 
 
 class ModelInfoRequest(DurableModel):

@@ -116,6 +116,9 @@ class SessionStatus(DurableModel):
     context_pct: float
     total_tokens: int
     cost_usd: float
+    billed_tokens: int = 0
+    """Tokens Anthropic bills: `total_tokens` plus answers whose result was lost."""
+    billed_cost_usd: float = 0.0
     tasks_done: int
     tasks_total: int
     next_eligible: list[str] = Field(default_factory=list)

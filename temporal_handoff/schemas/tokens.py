@@ -6,9 +6,14 @@ Two numbers that the naive approach conflates:
   call's ``input_tokens + cache_creation_input_tokens + cache_read_input_tokens +
   output_tokens`` (the whole previous prompt plus the reply now appended to it), plus
   an estimate of whatever the session appends before the next call.
-* **spend** — the sum over calls, per field, priced per model. Used for budgets.
+* **spend** — the sum over calls, per field, priced per model.
   Prompt-cache tokens are priced as Anthropic bills them: a write costs 1.25× the
   base input price with the 5-minute TTL and 2× with the 1-hour TTL, a read 0.1×.
+* **billed** — spend plus the usage of answers the API gave whose activity result was
+  then lost (worker killed after the answer, start-to-close timeout, a failed or
+  abandoned retry): Anthropic bills them, the conversation never saw them. They are a
+  separate line (``lost_*``) so occupancy and calibration stay about the conversation.
+  Budgets are checked against the billed totals.
 
 Pure data and arithmetic: safe in workflow code.
 """
@@ -220,6 +225,10 @@ class TokenLedger(DurableModel):
     """Sum of exact token counts for that same content."""
     last_prompt_tokens: int = 0
     peak_prompt_tokens: int = 0
+    lost_usage: TokenUsage = Field(default_factory=TokenUsage)
+    """Usage of answers billed but never used (their activity result was lost)."""
+    lost_answers: int = 0
+    lost_cost_usd: float = 0.0
 
     # ---- derived ----------------------------------------------------------------
     @property
@@ -245,6 +254,20 @@ class TokenLedger(DurableModel):
     @property
     def total_tokens(self) -> int:
         return sum(s.total for s in self.stats.values())
+
+    @property
+    def billed_tokens(self) -> int:
+        """Every token Anthropic bills: used calls plus lost answers (for budgets)."""
+        return self.total_tokens + self.lost_usage.total
+
+    @property
+    def billed_cost_usd(self) -> float:
+        return self.cost_usd + self.lost_cost_usd
+
+    def billed_usage(self) -> TokenUsage:
+        """Per-field sums of everything billed (used calls plus lost answers)."""
+        used = TokenUsage(**{f: self.stats[f].total for f in USAGE_FIELDS})
+        return used + self.lost_usage
 
     def field_total(self, field: str) -> int:
         return self.stats[field].total
@@ -299,6 +322,14 @@ class TokenLedger(DurableModel):
         for kind, usd in usage_cost_by_kind(usage, model).items():
             self.cost_by_kind[kind] = self.cost_by_kind.get(kind, 0.0) + usd
         self.cache_write_1h_tokens += usage.cache_creation_1h_input_tokens
+
+    def record_lost(self, usage: TokenUsage, model: str, answers: int = 1) -> None:
+        """Add answers billed but lost: spend only, no occupancy or calibration."""
+        if usage.total == 0:
+            return
+        self.lost_usage = self.lost_usage + usage
+        self.lost_answers += answers
+        self.lost_cost_usd += usage_cost_usd(usage, model)
 
     def add_pending(self, raw_estimate: int) -> None:
         """Account for appended content (tool results, human text) before the next call."""

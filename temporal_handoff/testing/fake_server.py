@@ -160,6 +160,10 @@ class Fault:
             a non-streaming request gets that error's HTTP status instead (529).
         stream_error_after: SSE events sent before the error (at least
             ``message_start``).
+        hold_s: For non-error faults on streamed requests: once the whole reply
+            (through ``message_stop``) is sent, keep the response open this long.
+            The client has the answer and its usage (billed) but its call does not
+            return yet, e.g. past an activity's start-to-close timeout.
         applied: How many times the fault has applied (maintained by the server).
     """
 
@@ -179,6 +183,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     stream_error: str | None = None
     stream_error_after: int = 3
+    hold_s: float = 0.0
     applied: int = 0
 
     def describe(self) -> str:
@@ -191,6 +196,8 @@ class Fault:
             return f"{self.status} {self.resolved_error_type()}"
         if self.stop_reason is not None:
             return f"stop_reason={self.stop_reason}"
+        if self.hold_s:
+            return f"hold {self.hold_s:g}s after the reply"
         return f"delay {self.delay_s:g}s"
 
     def resolved_error_type(self) -> str:
@@ -231,6 +238,8 @@ class RequestRecord:
         usage: The usage object returned (successful messages requests).
         duration_s: Seconds from arrival to response (None while in flight).
         error: Error message sent, if any.
+        answered: The whole reply was written to the client (JSON body, or SSE
+            through ``message_stop``): an answer the API bills, with ``usage``.
     """
 
     t: float
@@ -246,6 +255,7 @@ class RequestRecord:
     usage: dict[str, int] | None = None
     duration_s: float | None = None
     error: str | None = None
+    answered: bool = False
 
 
 class _ApiError(Exception):
@@ -737,8 +747,18 @@ class FakeAnthropicServer:
                         interrupt = "overloaded_error"
                         record.fault = "mid-stream overloaded_error (rate)"
             after = fault.stream_error_after if fault is not None else 3
-            return await self._stream(request, record, message, cut.partial_json, interrupt, after)
-        return self._finish(record, web.json_response(message))
+            hold = fault.hold_s if fault is not None else 0.0
+            return await self._stream(
+                request, record, message, cut.partial_json, interrupt, after, hold
+            )
+        response = self._finish(record, web.json_response(message))
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+            record.answered = True
+        except ConnectionError:
+            record.error = "client disconnected before the reply"
+        return response
 
     def _compute(
         self, body: dict[str, Any]
@@ -776,10 +796,11 @@ class FakeAnthropicServer:
         partial_json: Mapping[int, str] | None = None,
         interrupt: str | None = None,
         interrupt_after: int = 3,
+        hold_s: float = 0.0,
     ) -> web.StreamResponse:
         """Send ``message`` as the real API's SSE event sequence (cut tool inputs as
         ``partial_json``; ``interrupt``: an error type sent mid-stream instead of the
-        rest)."""
+        rest; ``hold_s``: keep the response open that long after the whole reply)."""
         response = web.StreamResponse(
             status=200,
             headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
@@ -799,6 +820,9 @@ class FakeAnthropicServer:
         try:
             try:
                 await self._send_events(emit, message, partial_json)
+                record.answered = True
+                if hold_s > 0:
+                    await asyncio.sleep(hold_s)
             except fake_responses.StreamInterrupted:
                 record.error = f"mid-stream {interrupt}"
             await response.write_eof()

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import anthropic
@@ -31,7 +32,7 @@ from temporalio.converter import (
     PayloadCodec,
 )
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import Worker, WorkflowRunner
+from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from temporal_handoff.activities.child_activity import handoff_child_owner
@@ -141,6 +142,9 @@ def _tool_activity(tool: UserTool) -> Callable[..., Awaitable[str]]:
     return activity.defn(name=f"tool:{tool.spec.name}")(run_tool)
 
 
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
+
+
 class HandoffPlugin(SimplePlugin):
     """Adds temporal-handoff's workflows, activities and converter to a client/worker.
 
@@ -202,6 +206,18 @@ class HandoffPlugin(SimplePlugin):
             # task would loop forever, so fail the workflow instead.
             workflow_failure_exception_types=[pydantic.ValidationError, EventError],
         )
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        """Heartbeats leave within `HEARTBEAT_THROTTLE` of the call: a model call
+        heartbeats each answer's usage (what the API bills) the moment it comes, and
+        one held back by the SDK's throttle (30-60 s) would be lost with a killed
+        worker or a timed-out attempt; a pause or abort reaches the call as soon."""
+        config = super().configure_worker(config)
+        for key in ("max_heartbeat_throttle_interval", "default_heartbeat_throttle_interval"):
+            current = config.get(key)
+            if not isinstance(current, timedelta) or current > HEARTBEAT_THROTTLE:
+                config[key] = HEARTBEAT_THROTTLE  # type: ignore[literal-required]
+        return config
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
         """Check the namespace's search attributes before polling (one clear error)."""

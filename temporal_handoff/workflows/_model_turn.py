@@ -23,11 +23,17 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, RetryState
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.config import SessionConfig
-    from temporal_handoff.schemas.model_io import ModelRequest, ModelResponse, ToolSpec
+    from temporal_handoff.schemas.model_io import (
+        BilledAnswers,
+        ModelRequest,
+        ModelResponse,
+        ToolSpec,
+    )
 
 T = TypeVar("T")
 
@@ -87,6 +93,34 @@ class ModelOutcome:
     failure: str | None = None
     """Why the call cannot succeed now (shown on the blocker)."""
     interrupted: bool = False
+    failed_billed: BilledAnswers | None = None
+    """When the call failed: answers its attempts received and lost (still billed)."""
+
+    def lost(self) -> BilledAnswers:
+        """Answers billed for this call that the conversation never got."""
+        if self.response is not None and not self.response.cancelled:
+            r = self.response
+            return BilledAnswers(usage=r.lost_usage, answers=r.lost_answers)
+        return self.failed_billed or BilledAnswers()
+
+
+def billed_in_failure(err: BaseException) -> BilledAnswers:
+    """What a failed call's attempts were billed for: the usage they heartbeated (on a
+    timeout) or put in their error's details; cumulative, so the largest wins."""
+    best = BilledAnswers()
+    seen: BaseException | None = err
+    while seen is not None:
+        details: Any = ()
+        if isinstance(seen, ApplicationError):
+            details = seen.details
+        elif isinstance(seen, TimeoutError):
+            details = seen.last_heartbeat_details
+        for detail in details or ():
+            found = BilledAnswers.from_detail(detail)
+            if found is not None and found.answers > best.answers:
+                best = found
+        seen = seen.__cause__ if seen.__cause__ is not seen else None
+    return best
 
 
 def _error_parts(err: ActivityError) -> tuple[Any, str]:
@@ -113,27 +147,38 @@ async def call_model(
         else None,
         retry_policy=model_retry(cfg),
         summary=summary,
+        # A pause/abort waits for the attempt to stop (it learns of the cancel by
+        # heartbeat): an answer that came meanwhile is used, and answers billed to earlier
+        # attempts come back as `lost_usage`, instead of being dropped unseen.
+        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+        if workflow.patched("billed-cancel-1")
+        else ActivityCancellationType.TRY_CANCEL,
     )
     try:
-        return ModelOutcome(response=await until_done_or_interrupted(handle, interrupted))
+        response = await until_done_or_interrupted(handle, interrupted)
     except Interrupted:
         return ModelOutcome(interrupted=True)
     except ActivityError as err:
+        billed = billed_in_failure(err)
         status, message = _error_parts(err)
         if status == 413 or "prompt is too long" in message:
-            return ModelOutcome(overflow=True)
+            return ModelOutcome(overflow=True, failed_billed=billed)
         if "exceed context limit" in message and workflow.patched("overflow-forms-1"):
             # Older models: prompt + max_tokens over the window (a 400).
-            return ModelOutcome(overflow=True)
+            return ModelOutcome(overflow=True, failed_billed=billed)
         if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
-            return ModelOutcome(
-                failure=f"model unreachable after {cfg.model_max_attempts} attempts: {message}"
-            )
-        if err.retry_state == RetryState.TIMEOUT:
-            return ModelOutcome(
-                failure=f"model unreachable for {cfg.model_retry_timeout_s:.0f} s: {message}"
-            )
-        return ModelOutcome(failure=f"model call failed ({status}): {message}")
+            failure = f"model unreachable after {cfg.model_max_attempts} attempts: {message}"
+        elif err.retry_state == RetryState.TIMEOUT:
+            failure = f"model unreachable for {cfg.model_retry_timeout_s:.0f} s: {message}"
+        else:
+            failure = f"model call failed ({status}): {message}"
+        return ModelOutcome(failure=failure, failed_billed=billed)
+    if response.cancelled:
+        return ModelOutcome(
+            interrupted=True,
+            failed_billed=BilledAnswers(usage=response.lost_usage, answers=response.lost_answers),
+        )
+    return ModelOutcome(response=response)
 
 
 async def run_user_tool(

@@ -289,6 +289,8 @@ class AgentSessionWorkflow:
             context_pct=round(100 * self._ledger.usage_fraction, 2),
             total_tokens=self._ledger.total_tokens,
             cost_usd=round(self._ledger.cost_usd, 6),
+            billed_tokens=self._ledger.billed_tokens,
+            billed_cost_usd=round(self._ledger.billed_cost_usd, 6),
             tasks_done=book.state.completed_count,
             tasks_total=len(book.state.tasks),
             next_eligible=book.state.next_eligible(limit=10),
@@ -602,9 +604,10 @@ class AgentSessionWorkflow:
 
     def _budget_exhausted(self) -> bool:
         cfg, ledger = self._cfg, self._ledger
-        if cfg.token_budget is not None and ledger.total_tokens >= cfg.token_budget:
+        # Billed totals (equal to used ones unless answers were lost, patch billed-usage-1).
+        if cfg.token_budget is not None and ledger.billed_tokens >= cfg.token_budget:
             return True
-        return cfg.usd_budget is not None and ledger.cost_usd >= cfg.usd_budget
+        return cfg.usd_budget is not None and ledger.billed_cost_usd >= cfg.usd_budget
 
     def _interrupted(self) -> bool:
         return self._book.abort is not None or self._book.paused
@@ -643,6 +646,10 @@ class AgentSessionWorkflow:
             summary=f"turn {self._turn} · gen {self._generation} · "
             f"{100 * self._ledger.usage_fraction:.0f}% context",
         )
+        lost = out.lost()
+        # Answers the API gave (and bills) whose result was lost: a separate ledger line.
+        if lost.answers and workflow.patched("billed-usage-1"):
+            self._ledger.record_lost(lost.usage, self._model, lost.answers)
         if out.overflow:
             raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
         if out.failure is not None:
