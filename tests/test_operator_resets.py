@@ -105,25 +105,22 @@ def accepted_update_ids(events: list[HistoryEvent]) -> dict[str, int]:
 # ------------------------------------------------------------------ invariants
 async def surviving_model_calls(client: Client, result: SessionResult) -> list[TokenUsage]:
     """Usage of every model call the surviving chain of runs (the result's lineage)
-    completed and did not cancel (a cancelled call's late result is not the session's)."""
+    completed with an answer. A pause or abort waits for an in-flight call to finish
+    cancelling (patch `billed-cancel-1`): a call that completed anyway is the session's
+    (its answer is used); one that stopped reports `cancelled` (no answer of its own)."""
     usages = []
     for ref in result.lineage:
         events = await history(client, ref.workflow_id, ref.run_id)
         calls = set(model_calls_scheduled(events))
-        cancelled = {
-            e.activity_task_cancel_requested_event_attributes.scheduled_event_id
-            for e in events
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
-        }
         for e in events:
             if e.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
                 continue
             attrs = e.activity_task_completed_event_attributes
-            if attrs.scheduled_event_id not in calls or attrs.scheduled_event_id in cancelled:
+            if attrs.scheduled_event_id not in calls:
                 continue
             [resp] = await client.data_converter.decode(attrs.result.payloads, [ModelResponse])
             assert isinstance(resp, ModelResponse)
-            if not resp.preflight_refused:
+            if not resp.preflight_refused and not resp.cancelled:
                 usages.append(resp.usage)
     return usages
 

@@ -335,7 +335,7 @@ async def test_gc_of_a_live_session_is_refused_and_the_session_completes(
                 code, out, err = await storage_cli(env, "gc", str(root), wid, "--grace-s", "0")
                 assert code == 2, (code, out, err)
                 assert f"{wid!r} is RUNNING" in err and len(err.strip().splitlines()) == 1, err
-                assert blob_files(root) == before
+                assert before <= blob_files(root)  # nothing deleted (a live session may add)
         fresh = external_storage(root, threshold_bytes=256)  # a restarted worker: no cache
         async with running_worker(client, task_queue, fake.base_url, storage=fresh):
             async with cleanup(client, env, wid):
