@@ -218,6 +218,7 @@ async def worker_process(
     bare: bool = False,
     max_concurrent: int = 200,
     task_queue: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> AsyncIterator[WorkerProc]:
     """Run `bench/_worker.py` until the block exits; its exit stats land in `.stats`."""
     tq = task_queue or f"bench-{uuid.uuid4().hex[:12]}"
@@ -231,6 +232,7 @@ async def worker_process(
         cmd += ["--storage-dir", storage_dir]
     if bare:
         cmd.append("--bare")
+    cmd += list(extra_args)
     # BENCH_WORKER_LOG=path keeps the worker's stderr (logs, warnings) for debugging.
     log = os.environ.get("BENCH_WORKER_LOG")
     err = open(log, "ab") if log else subprocess.DEVNULL

@@ -24,7 +24,7 @@ from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from temporal_handoff.workers.plugin import HandoffPlugin
+from temporal_handoff.workers.plugin import HandoffOptions, HandoffPlugin
 from temporal_handoff.workers.storage import external_storage
 
 
@@ -52,6 +52,8 @@ async def main() -> None:
     p.add_argument("--threshold", type=int, default=None)
     p.add_argument("--bare", action="store_true", help="also register BareModelLoop")
     p.add_argument("--max-concurrent", type=int, default=200)
+    p.add_argument("--no-conversation-cache", action="store_true",
+                   help="HandoffOptions(conversation_cache=False): cache only tools + system")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -60,7 +62,8 @@ async def main() -> None:
         kw = {"threshold_bytes": args.threshold} if args.threshold is not None else {}
         storage = external_storage(args.storage_dir, **kw)  # type: ignore[arg-type]
     model = anthropic.AsyncAnthropic(base_url=args.base_url, api_key="bench", max_retries=0)
-    plugin = HandoffPlugin(anthropic_client=model, storage=storage)
+    options = HandoffOptions(conversation_cache=not args.no_conversation_cache)
+    plugin = HandoffPlugin(options, anthropic_client=model, storage=storage)
     client = await Client.connect(args.address, namespace=args.namespace, plugins=[plugin])
     workflows: list[type] = []
     if args.bare:

@@ -35,6 +35,7 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("concurrency", ["--profile"]),
     ("handoff_size", []),
     ("soak", []),
+    ("cost", []),
 ]
 
 
@@ -146,6 +147,16 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[list[str]]:
         pct = s.get("max_can_input_pct_of_2mib", 0.0)
         add("soak: largest continue-as-new input", "< 25% of 2 MiB",
             f"{s.get('max_can_input_bytes', 0):,} B ({pct:.2f}%)", pct < 25)
+    co = r.get("cost", {})
+    if co:
+        fr, ratio = co.get("cache_read_fraction", 0.0), co.get("input_usd_ratio", 1.0)
+        cached, uncached = co.get("cached", {}), co.get("uncached", {})
+        add(f"prompt cache: share of input tokens read from cache ({co.get('tasks')} tasks)",
+            "≥ 0.80", f"{fr:.3f}", fr >= 0.80,
+            f"{cached.get('cache_read_tokens', 0):,} of {cached.get('prompt_tokens', 0):,} prompt tokens")
+        add("prompt cache: input-token USD, cached / uncached", "≤ 0.30", f"{ratio:.3f}",
+            ratio <= 0.30,
+            f"${cached.get('input_usd', 0):.4f} vs ${uncached.get('input_usd', 0):.4f}")
     k = r.get("tokens", {})
     if k:
         add("token estimate throughput", "reported", f"{k.get('mb_per_s')} MB/s", None)

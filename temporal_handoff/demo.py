@@ -107,7 +107,9 @@ async def run_demo(
             handle = await client.start_workflow(
                 "AgentSessionWorkflow",
                 SessionInput(
-                    config=SessionConfig(model=model, context_window=context_window, user="demo"),
+                    config=SessionConfig(
+                        model=model, context_window=context_window, max_tokens=1024, user="demo"
+                    ),
                     project=synthetic_project(tasks, phases),
                 ),
                 id=workflow_id,

@@ -23,6 +23,7 @@ CASES = {
     "handoff_latency": ["p50_ms", "p95_ms", "handoffs", "breakdown_median_ms"],
     "turn_overhead": ["ratio_1", "ratio_5", "ratio_10", "errors"],
     "concurrency": ["sessions", "efficiency", "rss_mb", "errors"],
+    "cost": ["cache_read_fraction", "input_usd_ratio", "cached", "uncached"],
 }
 
 

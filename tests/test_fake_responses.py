@@ -62,7 +62,7 @@ def test_which_models_stop_at_the_window() -> None:
 
 
 async def test_full_reply_is_not_cut(client: anthropic.AsyncAnthropic) -> None:
-    msg = await client.messages.create(model="claude-big", max_tokens=1024, messages=ASK,
+    msg = await client.messages.create(model="claude-sonnet-4-5", max_tokens=1024, messages=ASK,
                                        tools=TOOLS)
     assert msg.stop_reason == "tool_use" and msg.usage.output_tokens < 1024
     (use,) = [b for b in msg.content if b.type == "tool_use"]
@@ -72,7 +72,7 @@ async def test_full_reply_is_not_cut(client: anthropic.AsyncAnthropic) -> None:
 async def test_json_reply_cut_inside_a_tool_input(
     client: anthropic.AsyncAnthropic, server: FakeAnthropicServer
 ) -> None:
-    msg = await client.messages.create(model="claude-big", max_tokens=30, messages=ASK,
+    msg = await client.messages.create(model="claude-sonnet-4-5", max_tokens=30, messages=ASK,
                                        tools=TOOLS)
     assert msg.stop_reason == "max_tokens"
     assert msg.usage.output_tokens == 30
@@ -85,7 +85,7 @@ async def test_json_reply_cut_inside_a_tool_input(
 async def test_stream_cut_inside_a_tool_input(client: anthropic.AsyncAnthropic) -> None:
     partial = ""
     async with client.messages.stream(
-        model="claude-big", max_tokens=30, messages=ASK, tools=TOOLS
+        model="claude-sonnet-4-5", max_tokens=30, messages=ASK, tools=TOOLS
     ) as stream:
         async for event in stream:
             if event.type == "input_json":
@@ -100,7 +100,7 @@ async def test_stream_cut_inside_a_tool_input(client: anthropic.AsyncAnthropic) 
 
 
 async def test_text_cut_at_max_tokens(client: anthropic.AsyncAnthropic) -> None:
-    msg = await client.messages.create(model="claude-big", max_tokens=3, messages=ASK,
+    msg = await client.messages.create(model="claude-sonnet-4-5", max_tokens=3, messages=ASK,
                                        tools=TOOLS)
     assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 3
     assert [b.type for b in msg.content] == ["text"]
@@ -137,7 +137,8 @@ async def test_mid_stream_overload_after_a_200(
     server.add_fault(Fault(stream_error="overloaded_error", stream_error_after=4, times=1))
     async with aiohttp.ClientSession() as raw, raw.post(
         f"{server.base_url}/v1/messages",
-        json={"model": "claude-big", "max_tokens": 1024, "messages": ASK, "stream": True},
+        json={"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": ASK, "stream": True},
+        headers={"anthropic-version": "2023-06-01", "x-api-key": "test"},
     ) as response:
         status, text = response.status, await response.text()
     assert status == 200
@@ -150,7 +151,7 @@ async def test_mid_stream_overload_after_a_200(
     server.add_fault(Fault(stream_error="overloaded_error", times=1))
     with pytest.raises(anthropic.APIStatusError) as info:
         async with client.messages.stream(
-            model="claude-big", max_tokens=1024, messages=ASK
+            model="claude-sonnet-4-5", max_tokens=1024, messages=ASK
         ) as stream:
             async for _ in stream:
                 pass
@@ -158,7 +159,7 @@ async def test_mid_stream_overload_after_a_200(
     # Not streaming: the same fault is the HTTP error.
     server.add_fault(Fault(stream_error="overloaded_error", times=1))
     with pytest.raises(anthropic.APIStatusError) as info:
-        await client.messages.create(model="claude-big", max_tokens=1024, messages=ASK)
+        await client.messages.create(model="claude-sonnet-4-5", max_tokens=1024, messages=ASK)
     assert info.value.status_code == 529 and info.value.type == "overloaded_error"
 
 
@@ -171,7 +172,7 @@ async def test_mid_stream_overload_at_a_natural_rate() -> None:
             for _ in range(20):
                 try:
                     async with c.messages.stream(
-                        model="claude-big", max_tokens=1024, messages=ASK
+                        model="claude-sonnet-4-5", max_tokens=1024, messages=ASK
                     ) as stream:
                         await stream.get_final_message()
                     outcomes.append("ok")
@@ -186,11 +187,11 @@ async def test_request_over_the_byte_limit_is_413() -> None:
         async with anthropic.AsyncAnthropic(
             base_url=srv.base_url, api_key="test", max_retries=0
         ) as c:
-            ok = await c.messages.create(model="claude-big", max_tokens=100, messages=ASK)
+            ok = await c.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=ASK)
             assert ok.stop_reason
             with pytest.raises(anthropic.APIStatusError) as info:
                 await c.messages.create(
-                    model="claude-big", max_tokens=100,
+                    model="claude-sonnet-4-5", max_tokens=100,
                     messages=[{"role": "user", "content": "x " * 2_000}],
                 )
     assert info.value.status_code == 413 and info.value.type == "request_too_large"

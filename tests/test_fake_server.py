@@ -150,7 +150,7 @@ async def test_cache_control_accounting(
     system: Any = [
         {
             "type": "text",
-            "text": "Stable instructions. " * 50,
+            "text": "Stable instructions. " * 400,  # over the 1,024-token minimum
             "cache_control": {"type": "ephemeral"},
         },
         {"type": "text", "text": "Volatile tail."},

@@ -19,6 +19,7 @@ import anthropic
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from temporal_handoff.activities.cache_breakpoints import with_conversation_breakpoints
 from temporal_handoff.activities.tokenizer import count_tokens
 from temporal_handoff.schemas.model_io import (
     BilledAnswers,
@@ -115,6 +116,10 @@ def _usage(raw: Any) -> TokenUsage:
         output_tokens=getattr(raw, "output_tokens", 0) or 0,
         cache_creation_input_tokens=getattr(raw, "cache_creation_input_tokens", 0) or 0,
         cache_read_input_tokens=getattr(raw, "cache_read_input_tokens", 0) or 0,
+        cache_creation_1h_input_tokens=getattr(
+            getattr(raw, "cache_creation", None), "ephemeral_1h_input_tokens", 0
+        )
+        or 0,
     )
 
 
@@ -149,13 +154,19 @@ class ModelActivities:
     Args:
         client: an `AsyncAnthropic`; by default built lazily from the environment.
         heartbeat_every_s: heartbeat interval while streaming.
+        conversation_cache: put the moving prompt-cache breakpoint on the conversation
+            (`cache_breakpoints`); off, only the workflow's system breakpoint is sent.
     """
 
     def __init__(
-        self, client: anthropic.AsyncAnthropic | None = None, heartbeat_every_s: float = 5.0
+        self,
+        client: anthropic.AsyncAnthropic | None = None,
+        heartbeat_every_s: float = 5.0,
+        conversation_cache: bool = True,
     ) -> None:
         self._client = client
         self._heartbeat_every_s = heartbeat_every_s
+        self._conversation_cache = conversation_cache
 
     @property
     def client(self) -> anthropic.AsyncAnthropic:
@@ -206,6 +217,11 @@ class ModelActivities:
             kwargs["system"] = req.system
         if req.tools:
             kwargs["tools"] = [t.wire() for t in req.tools]
+        if self._conversation_cache:
+            # Built here, not in the workflow: history keeps the messages unmarked.
+            kwargs["messages"] = with_conversation_breakpoints(
+                req.messages, req.system, kwargs.get("tools")
+            )
         streamed = req.max_tokens > req.stream_threshold
         answer: list[Any] = []  # this attempt's whole answer, once it came
         try:

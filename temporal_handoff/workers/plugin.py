@@ -80,6 +80,11 @@ class HandoffOptions(BaseModel):
 
     heartbeat_every_s: float = Field(default=5.0, gt=0, le=300)
     """Heartbeat interval of streaming model calls."""
+    conversation_cache: bool = True
+    """Each model call puts a moving prompt-cache breakpoint on the conversation, so a
+    turn reads the previous turns from Claude's prompt cache (0.1× the input price)
+    instead of paying for the whole conversation again. Off: only the system prompt
+    (tools + system) is cached."""
     register_search_attributes: bool = True
     """At worker start, add missing Agent* search attributes to the namespace (allowed
     on the dev server); if False, only check. Either way a worker refuses to start on a
@@ -176,7 +181,11 @@ class HandoffPlugin(SimplePlugin):
             if names.count(name) > 1:
                 raise ValueError(f"tools: duplicate tool name {name!r}")
         self.tool_specs = [t.spec for t in tools]
-        model = ModelActivities(anthropic_client, heartbeat_every_s=self.options.heartbeat_every_s)
+        model = ModelActivities(
+            anthropic_client,
+            heartbeat_every_s=self.options.heartbeat_every_s,
+            conversation_cache=self.options.conversation_cache,
+        )
         notify = NotifyActivities(notifier)
         super().__init__(
             name="temporal_handoff.HandoffPlugin",
