@@ -266,7 +266,10 @@ class TokenLedger(DurableModel):
 
     def billed_usage(self) -> TokenUsage:
         """Per-field sums of everything billed (used calls plus lost answers)."""
-        used = TokenUsage(**{f: self.stats[f].total for f in USAGE_FIELDS})
+        used = TokenUsage(
+            **{f: self.stats[f].total for f in USAGE_FIELDS},
+            cache_creation_1h_input_tokens=self.cache_write_1h_tokens,
+        )
         return used + self.lost_usage
 
     def field_total(self, field: str) -> int:
