@@ -163,7 +163,9 @@ def build_codec_app(
     Args:
         codec: the codec whose ``encode``/``decode`` the endpoints run (or None).
         token: bearer token every POST must carry (unless it uses the path token).
-        ui_origin: the one browser origin allowed by CORS (None: no CORS headers).
+        ui_origin: the browser origin allowed by CORS, or several separated by commas
+            (the same UI as ``http://localhost:8233`` and ``http://127.0.0.1:8233``);
+            None: no CORS headers.
         storage: the content store references are resolved from (or None).
         path_token: if set, ``POST /<path_token>/<op>`` is accepted without a bearer
             token (the endpoint given to a Temporal UI without single sign-on).
@@ -177,7 +179,7 @@ def build_codec_app(
         raise ValueError("the codec server needs codec keys or a content store")
     expected = f"Bearer {token}".encode()
     path_prefix = f"/{path_token}/".encode() if path_token else None
-    origin_allowed = ui_origin.rstrip("/") if ui_origin else None
+    origins = {o.strip().rstrip("/") for o in (ui_origin or "").split(",") if o.strip()}
     resolver = PayloadResolver(codec, storage)
 
     def authorized(request: web.Request) -> bool:
@@ -192,7 +194,7 @@ def build_codec_app(
     def cors(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get(hdrs.ORIGIN)
         response.headers[hdrs.VARY] = "Origin"
-        if origin_allowed is not None and origin == origin_allowed:
+        if origin in origins:
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
 
@@ -202,7 +204,7 @@ def build_codec_app(
             # Preflight (any path) is answered here, without a token: browsers send none.
             if request.method == hdrs.METH_OPTIONS:
                 response: web.StreamResponse = web.Response(status=204)
-                if origin_allowed is not None and request.headers.get(hdrs.ORIGIN) == origin_allowed:
+                if request.headers.get(hdrs.ORIGIN) in origins:
                     response.headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS] = "POST, OPTIONS"
                     response.headers[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] = ALLOW_HEADERS
                     response.headers[hdrs.ACCESS_CONTROL_MAX_AGE] = "600"

@@ -131,7 +131,7 @@ async def dev_loop(
     token = secrets.token_urlsafe(24)
     path_token = secrets.token_urlsafe(24)
     codec_port = codec_port or _free_port()
-    ui_origin = f"http://localhost:{ui_port}"
+    ui_origin = f"http://localhost:{ui_port},http://{HOST}:{ui_port}"
     async with contextlib.AsyncExitStack() as stack:
         try:
             runner = await serve_codec(
