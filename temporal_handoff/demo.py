@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -113,11 +114,14 @@ async def run_demo(
         )
         console.print(f"Temporal UI: {loop.ui_url(workflow_id)}", highlight=False, soft_wrap=True)
         console.print("Follow-up, in another shell:", highlight=False)
+        exe = Path(sys.argv[0]) if Path(sys.argv[0]).name == "handoff" else Path("handoff")
+        if exe.is_absolute() and exe.is_relative_to(Path.cwd()):
+            exe = exe.relative_to(Path.cwd())
         for line in (
             f"source {loop.state_dir}/dev.env",
-            f"handoff history {workflow_id}",
-            f"handoff replay {workflow_id}",
-            f"handoff export {workflow_id} --dir /tmp/{workflow_id}",
+            f"{exe} history {workflow_id}",
+            f"{exe} replay {workflow_id}",
+            f"{exe} export {workflow_id} --dir /tmp/{workflow_id}",
         ):
             console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
         if as_json:
@@ -127,12 +131,11 @@ async def run_demo(
                 "The UI and server stay up; Ctrl-C (or SIGTERM) stops them.", highlight=False
             )
             await wait_for_stop()
-    if not stay:
-        console.print(
-            f"Stopped. To reopen the UI on this data: handoff dev --dir {state_dir} "
-            f"--port {port} --ui-port {ui_port}",
-            highlight=False, soft_wrap=True,
-        )
+    console.print(
+        f"Stopped. To reopen the UI on this data: make dev PORT={port} UI_PORT={ui_port} "
+        f"(or handoff dev --dir {state_dir} --port {port} --ui-port {ui_port})",
+        highlight=False, soft_wrap=True,
+    )
     return summary
 
 
