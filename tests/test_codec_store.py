@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -189,3 +190,14 @@ async def test_replay_store_backed_session(
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1, res.stderr  # no warning, no traceback: one line
         assert lines[0].startswith("error: ") and "HANDOFF_STORAGE_DIR" in lines[0], res.stderr
+
+    # Without the server (a closed port): one line naming the address.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    for command in ("replay", "history", "export"):
+        extra = ("--dir", str(tmp_path / "out")) if command == "export" else ()
+        res = await cli({"HANDOFF_STORAGE_DIR": str(store)}, command, handle.id, *extra, "--address", closed)
+        assert res.exit_code == 2, res.output
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"cannot reach Temporal at {closed}" in lines[0], res.stderr
