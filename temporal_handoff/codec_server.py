@@ -120,7 +120,12 @@ class PayloadResolver:
         self._converter = DataConverter(payload_codec=codec, external_storage=storage)
 
     async def resolve(self, payload: Payload) -> Payload:
-        """One payload as the workflow saw it; raises `UnresolvablePayload`."""
+        """One payload as the workflow saw it; raises `UnresolvablePayload`.
+
+        Runs the SDK's own inbound pipeline (reference marker, store, codec) through a
+        private `DataConverter` method (temporalio 1.35), so it decodes exactly what a
+        worker decodes; tests/test_codec_store.py fails if the SDK changes it.
+        """
         try:
             return await self._converter._transform_inbound_payload(payload)
         except BlobUnavailableError as err:
