@@ -23,7 +23,7 @@ from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from temporal_handoff.chain import RunSummary, session_chain
-from temporal_handoff.devloop import dev_loop, wait_for_stop
+from temporal_handoff.devloop import dev_loop, stop_on_signals
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult, SessionStatus
@@ -127,10 +127,11 @@ async def run_demo(
         if as_json:
             print(json.dumps(summary, sort_keys=True), flush=True)
         if stay:
-            console.print(
-                "The UI and server stay up; Ctrl-C (or SIGTERM) stops them.", highlight=False
-            )
-            await wait_for_stop()
+            with stop_on_signals() as stop:
+                console.print(
+                    "The UI and server stay up; Ctrl-C (or SIGTERM) stops them.", highlight=False
+                )
+                await stop.wait()
     console.print(
         f"Stopped. To reopen the UI on this data: make dev PORT={port} UI_PORT={ui_port} "
         f"(or handoff dev --dir {state_dir} --port {port} --ui-port {ui_port})",

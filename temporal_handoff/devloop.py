@@ -23,7 +23,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,14 +198,16 @@ def banner(loop: DevLoop) -> list[str]:
     ]
 
 
-async def wait_for_stop() -> None:
-    """Until SIGTERM or SIGINT (Ctrl-C)."""
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGTERM or SIGINT (Ctrl-C) while the block runs; install it
+    before saying "ready", so a signal right after that line cannot kill the process."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -217,10 +219,11 @@ def _say(line: str) -> None:
 
 async def serve_dev(print_line: Any = _say, **options: Any) -> None:
     """`handoff dev`: start the loop, print how to use it, stay up until SIGTERM/Ctrl-C."""
-    async with dev_loop(**options) as loop:
-        for line in banner(loop):
-            print_line(line)
-        print_line("Ready. Ctrl-C (or SIGTERM) stops everything; the data stays in "
-                   f"{loop.state_dir}.")
-        await wait_for_stop()
+    with stop_on_signals() as stop:
+        async with dev_loop(**options) as loop:
+            for line in banner(loop):
+                print_line(line)
+            print_line("Ready. Ctrl-C (or SIGTERM) stops everything; the data stays in "
+                       f"{loop.state_dir}.")
+            await stop.wait()
     print_line("stopped")
