@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck replay clean browser-deps compose-deps
+PORT ?= 7233
+UI_PORT ?= 8233
+
+.PHONY: demo dev test bench lint typecheck replay clean browser-deps compose-deps
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (set PY=python3 to use another)"; exit 1; }
@@ -15,8 +18,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# The demo runs on the `handoff dev` loop and leaves it up (UI, codec server, worker)
+# until Ctrl-C; `make demo PORT=7300 UI_PORT=8300` when 7233/8233 are taken.
 demo: $(STAMP)
-	$(BIN)/handoff demo
+	$(BIN)/handoff demo --port $(PORT) --ui-port $(UI_PORT)
+
+# Reopen the UI on the demo's data (same .handoff/), with the codec server wired in.
+dev: $(STAMP)
+	$(BIN)/handoff dev --port $(PORT) --ui-port $(UI_PORT)
 
 # Debian chromium for the browser test (Playwright drives it via executable_path).
 browser-deps:

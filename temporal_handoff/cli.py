@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 import uuid
@@ -50,6 +51,8 @@ from temporal_handoff.schemas.session import (
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# Library warnings (an undecodable payload) would repeat the one-line error on stderr.
+logging.getLogger("temporal_handoff").addHandler(logging.NullHandler())
 console = Console(width=None if sys.stdout.isatty() else 110)
 err_console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
@@ -130,6 +133,11 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     except typer.Exit:
         raise
     except Exception as err:  # the CLI's contract: one line, no traceback
+        from temporal_handoff.read_errors import explain
+
+        unreadable = explain(err)
+        if unreadable is not None:
+            fail(unreadable, 2)
         fail(f"{type(err).__name__}: {_first_line(err)}", 1)
 
 
@@ -145,20 +153,49 @@ def demo(
     phases: int = typer.Option(6, min=1, max=1000),
     context_window: int = typer.Option(8_000, min=2_000),
     model: str = typer.Option("claude-sonnet-4-6"),
-    db_file: str = typer.Option(".handoff/temporal.db", help="dev server database"),
-    port: int = typer.Option(7233, min=0, max=65535),
-    ui_port: int = typer.Option(8233, min=0, max=65535),
+    state_dir: str = typer.Option(".handoff", "--dir", help="dev server database and content store"),
+    port: int = typer.Option(7233, min=1, max=65535),
+    ui_port: int = typer.Option(8233, min=1, max=65535),
     json_out: bool = typer.Option(False, "--json", help="end with one JSON line"),
+    stay: bool = typer.Option(True, "--stay/--exit", help="keep the UI up after the session"),
 ) -> None:
-    """Embedded Temporal + worker + fake (or real) Claude: one session, several handoffs."""
+    """The `handoff dev` loop + one session of fake (or real) Claude, several handoffs."""
     from temporal_handoff.demo import run_demo
+    from temporal_handoff.devloop import DevLoopError
 
-    asyncio.run(
-        run_demo(
-            tasks=tasks, phases=phases, context_window=context_window, model=model,
-            db_file=db_file, port=port, ui_port=ui_port, as_json=json_out,
-        )
-    )
+    async def go() -> None:
+        try:
+            await run_demo(
+                tasks=tasks, phases=phases, context_window=context_window, model=model,
+                state_dir=state_dir, port=port, ui_port=ui_port, as_json=json_out, stay=stay,
+            )
+        except DevLoopError as err:
+            raise CliError(str(err)) from None
+
+    run(go)
+
+
+@app.command()
+def dev(
+    state_dir: str = typer.Option(".handoff", "--dir", help="dev server database and content store"),
+    port: int = typer.Option(7233, min=1, max=65535),
+    ui_port: int = typer.Option(8233, min=1, max=65535),
+    codec_port: int = typer.Option(0, min=0, max=65535, help="0: a free port"),
+    task_queue: str = typer.Option("agent-sessions", envvar="HANDOFF_TASK_QUEUE"),
+) -> None:
+    """Temporal dev server + UI (wired to the codec server) + worker with the content store; stays up."""
+    from temporal_handoff.devloop import DevLoopError, serve_dev
+
+    async def go() -> None:
+        try:
+            await serve_dev(
+                state_dir=state_dir, port=port, ui_port=ui_port, codec_port=codec_port,
+                task_queue=task_queue,
+            )
+        except DevLoopError as err:
+            raise CliError(str(err)) from None
+
+    run(go)
 
 
 @app.command()

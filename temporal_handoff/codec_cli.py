@@ -8,6 +8,7 @@ which other users could read in the process list).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import typer
 
@@ -16,6 +17,7 @@ from temporal_handoff.codec import KEYS_ENV, CodecKeyError, codec_from_env, gene
 from temporal_handoff.codec_server import TOKEN_ENV, serve_codec
 
 MIN_TOKEN_CHARS = 16
+PATH_TOKEN_ENV = "HANDOFF_CODEC_PATH_TOKEN"
 
 
 @app.command("codec-server")
@@ -29,8 +31,19 @@ def codec_server(
     ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8081, "--port", min=0, max=65535),
+    storage_dir: str | None = typer.Option(
+        None, "--storage-dir", envvar="HANDOFF_STORAGE_DIR",
+        help="content store whose references /decode and /download resolve",
+    ),
 ) -> None:
-    """Serve /encode and /decode with the HANDOFF_CODEC_KEYS codec (bearer token, CORS)."""
+    """Serve /encode, /decode, /download: resolve content-store references, decrypt (HANDOFF_CODEC_KEYS).
+
+    The Temporal UI cannot send a static bearer token; set HANDOFF_CODEC_PATH_TOKEN
+    and give the UI the endpoint http://HOST:PORT/<that token> instead.
+    """
+    import os
+
+    from temporal_handoff.workers.worker import storage_from_env
 
     async def go() -> None:
         if len(token) < MIN_TOKEN_CHARS:
@@ -42,18 +55,33 @@ def codec_server(
             codec = codec_from_env()
         except CodecKeyError as err:
             raise CliError(str(err)) from None
-        if codec is None:
-            raise CliError(f"{KEYS_ENV} is not set (e.g. 'k1:<base64 32-byte key>')")
+        if storage_dir and not Path(storage_dir).is_dir():
+            raise CliError(f"storage-dir: {storage_dir} is not a directory")
+        storage = storage_from_env(storage_dir)
+        if codec is None and storage is None:
+            raise CliError(
+                f"nothing to decode: set {KEYS_ENV} (e.g. 'k1:<base64 32-byte key>') "
+                "and/or --storage-dir (HANDOFF_STORAGE_DIR)"
+            )
+        path_token = os.environ.get(PATH_TOKEN_ENV, "").strip() or None
+        if path_token is not None and len(path_token) < MIN_TOKEN_CHARS:
+            raise CliError(f"{PATH_TOKEN_ENV} must be at least {MIN_TOKEN_CHARS} characters")
         try:
             runner = await serve_codec(
-                codec, token=token, ui_origin=ui_origin or None, host=host, port=port
+                codec, token=token, ui_origin=ui_origin or None, host=host, port=port,
+                storage=storage, path_token=path_token,
             )
         except OSError as err:
             raise CliError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
         bound = runner.addresses[0] if runner.addresses else (host, port)
+        keys = (
+            f"keys {', '.join(codec.key_ids)} (active {codec.active_key_id})"
+            if codec is not None else "no keys"
+        )
         console.print(
-            f"codec server on http://{bound[0]}:{bound[1]} · keys {', '.join(codec.key_ids)} "
-            f"(active {codec.active_key_id}) · CORS origin {ui_origin or 'none'}",
+            f"codec server on http://{bound[0]}:{bound[1]} · {keys} · "
+            f"store {storage_dir or os.environ.get('HANDOFF_STORAGE_DIR') or 'none'} · "
+            f"CORS origin {ui_origin or 'none'}",
             highlight=False,
             soft_wrap=True,
         )

@@ -1,4 +1,5 @@
-"""`handoff demo`: embedded Temporal + worker + (fake or real) Claude, one long session.
+"""`handoff demo`: one long session on the `handoff dev` loop (embedded Temporal, UI,
+codec server, worker) with fake or real Claude; the loop stays up afterwards.
 
 Without `ANTHROPIC_API_KEY` the loopback fake Messages API runs the scripted agent;
 with it, the real Claude API is used (the key is read by the activity from the
@@ -9,34 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-import anthropic
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
-from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
-from temporalio.worker import Worker
 
 from temporal_handoff.chain import RunSummary, session_chain
+from temporal_handoff.devloop import dev_loop, stop_on_signals
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult, SessionStatus
-from temporal_handoff.workers.devserver import start_dev_server
-from temporal_handoff.workers.plugin import HandoffPlugin
-from temporal_handoff.workers.storage import external_storage
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def chain_table(rows: list[RunSummary], title: str = "Handoff chain") -> Table:
@@ -65,65 +55,43 @@ async def run_demo(
     phases: int = 6,
     context_window: int = 8_000,
     model: str = "claude-sonnet-4-6",
-    db_file: str = ".handoff/temporal.db",
+    state_dir: str = ".handoff",
     port: int = 7233,
     ui_port: int = 8233,
     as_json: bool = False,
     tasks_per_turn: int = 2,
+    stay: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo session to completion and return the summary dict."""
+    """Run the demo session to completion on the `handoff dev` loop; return the summary.
+
+    With `stay`, the loop (UI, codec server, worker) stays up afterwards until
+    SIGTERM/Ctrl-C, so the printed links work.
+    """
     # Piped output (CI logs, `| tee`) gets a wide console so the chain table is whole.
     console = Console(stderr=as_json, quiet=as_json, width=None if sys.stdout.isatty() else 110)
-    if not _free(port):
-        console.print(f"[yellow]port {port} is busy; using a random port[/]")
-        port, ui_port = 0, 0
-    env = await start_dev_server(
-        db_file=db_file, port=port or None, ui=True, ui_port=ui_port or None
-    )
-    fake = None
-    try:
-        if os.environ.get("ANTHROPIC_API_KEY"):
-            model_client = anthropic.AsyncAnthropic(max_retries=0)
-            console.print(f"Using the Claude API with model [bold]{model}[/]")
-        else:
-            from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
-
-            fake = FakeAnthropicServer(
-                brain=ScriptedAgentBrain(tasks_per_turn=tasks_per_turn),
-                context_windows={model: context_window},
-            ).start()
-            model_client = anthropic.AsyncAnthropic(
-                base_url=fake.base_url, api_key="fake-key", max_retries=0
-            )
-            console.print(f"No ANTHROPIC_API_KEY: using the fake Messages API at {fake.base_url}")
-        config = env.client.config()
-        # Conversation content goes to the local content store, not into history.
-        store = external_storage(str(Path(db_file).parent / "payloads"))
-        config["plugins"] = [HandoffPlugin(anthropic_client=model_client, storage=store)]
-        client = Client(**config)
-        task_queue = f"demo-{uuid.uuid4().hex[:8]}"
+    async with dev_loop(
+        state_dir=state_dir, port=port, ui_port=ui_port, model=model,
+        context_window=context_window, tasks_per_turn=tasks_per_turn,
+        task_queue=f"demo-{uuid.uuid4().hex[:8]}",
+    ) as loop:
+        console.print(f"Model calls go to {loop.model_note}", highlight=False)
+        client = loop.client
         workflow_id = f"demo-session-{uuid.uuid4().hex[:8]}"
-        async with Worker(client, task_queue=task_queue):
-            handle = await client.start_workflow(
-                "AgentSessionWorkflow",
-                SessionInput(
-                    config=SessionConfig(
-                        model=model, context_window=context_window, max_tokens=1024, user="demo"
-                    ),
-                    project=synthetic_project(tasks, phases),
+        handle = await client.start_workflow(
+            "AgentSessionWorkflow",
+            SessionInput(
+                config=SessionConfig(
+                    model=model, context_window=context_window, max_tokens=1024, user="demo"
                 ),
-                id=workflow_id,
-                task_queue=task_queue,
-                result_type=SessionResult,
-                static_summary=f"demo: {tasks}-task project",
-            )
-            result = await _follow(handle, console, tasks)
-        chain = await session_chain(client, workflow_id)
-        ui = getattr(env, "_ui_url", None) or (
-            f"http://localhost:{ui_port}/namespaces/default/workflows/{workflow_id}"
-            if ui_port
-            else "(UI on a random port)"
+                project=synthetic_project(tasks, phases),
+            ),
+            id=workflow_id,
+            task_queue=loop.task_queue,
+            result_type=SessionResult,
+            static_summary=f"demo: {tasks}-task project",
         )
+        result = await _follow(handle, console, tasks)
+        chain = await session_chain(client, workflow_id)
         summary = {
             "workflow_id": workflow_id,
             "generations": result.generation + 1,
@@ -138,6 +106,7 @@ async def run_demo(
             "termination": result.reason.value,
             "total_tokens": result.ledger.total_tokens,
             "cost_usd": round(result.ledger.cost_usd, 4),
+            "ui_url": loop.ui_url(workflow_id),
         }
         console.print(chain_table(chain))
         console.print(
@@ -145,14 +114,32 @@ async def run_demo(
             f"{summary['tasks_total']} tasks over {summary['generations']} generations; "
             f"{result.ledger.total_tokens:,} tokens (${result.ledger.cost_usd:.4f})"
         )
-        console.print(f"Temporal UI: {ui}")
+        console.print(f"Temporal UI: {loop.ui_url(workflow_id)}", highlight=False, soft_wrap=True)
+        console.print("Follow-up, in another shell:", highlight=False)
+        exe = Path(sys.argv[0]) if Path(sys.argv[0]).name == "handoff" else Path("handoff")
+        if exe.is_absolute() and exe.is_relative_to(Path.cwd()):
+            exe = exe.relative_to(Path.cwd())
+        for line in (
+            f"source {loop.state_dir}/dev.env",
+            f"{exe} history {workflow_id}",
+            f"{exe} replay {workflow_id}",
+            f"{exe} export {workflow_id} --dir /tmp/{workflow_id}",
+        ):
+            console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
         if as_json:
-            print(json.dumps(summary, sort_keys=True))
-        return summary
-    finally:
-        if fake is not None:
-            fake.stop()
-        await env.shutdown()
+            print(json.dumps(summary, sort_keys=True), flush=True)
+        if stay:
+            with stop_on_signals() as stop:
+                console.print(
+                    "The UI and server stay up; Ctrl-C (or SIGTERM) stops them.", highlight=False
+                )
+                await stop.wait()
+    console.print(
+        f"Stopped. To reopen the UI on this data: make dev PORT={port} UI_PORT={ui_port} "
+        f"(or handoff dev --dir {state_dir} --port {port} --ui-port {ui_port})",
+        highlight=False, soft_wrap=True,
+    )
+    return summary
 
 
 async def _follow(handle: Any, console: Console, tasks: int) -> SessionResult:

@@ -452,11 +452,16 @@ async def replay_histories(histories: list[tuple[str, WorkflowHistory]]) -> dict
     from temporalio.worker import Replayer
 
     from temporal_handoff.workers.plugin import HandoffPlugin
+    from temporal_handoff.workers.worker import codec_from_env, storage_from_env
 
     # The plugin contributes AgentSessionWorkflow and HandoffWorkflow, the pydantic
-    # converter and the sandbox passthrough, exactly as on a worker. (Listing the
-    # workflows here as well would register each twice.)
-    replayer = Replayer(workflows=[], plugins=[HandoffPlugin()])
+    # converter and the sandbox passthrough, exactly as on a worker, and the same
+    # content store and codec as every other command (a store-backed history does
+    # not replay without them). (Listing the workflows here as well would register
+    # each twice.)
+    replayer = Replayer(
+        workflows=[], plugins=[HandoffPlugin(storage=storage_from_env(), codec=codec_from_env())]
+    )
 
     async def each() -> Any:
         for _, history in histories:
@@ -501,6 +506,11 @@ def replay(
             client = await connect(address, namespace)
             await _describe(client, workflow_id)
             histories += await session_histories(client, workflow_id)
+        from temporal_handoff.read_errors import history_needs_store, no_store_message
+        from temporal_handoff.workers.worker import storage_from_env
+
+        if storage_from_env() is None and history_needs_store(h for _, h in histories):
+            raise CliError(no_store_message())
         failures = await replay_histories(histories)
         out = _out()
         for label, history in histories:

@@ -1,14 +1,20 @@
 """The embedded Temporal UI shows a session as an operator would look for it.
 
 Headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) opens the UI of
-a dev server started with `ui=True`, finds a finished session by its search
-attribute, sees its handoff child workflows and its search attribute values, and
-saves screenshots to tests/artifacts/. `make test` installs chromium
-(`browser-deps`); without it this test fails, it is not skipped.
+the `handoff dev` loop (`temporal_handoff.devloop`: dev server, UI wired to the codec
+server, content store on), finds a finished session by its search attribute, sees
+its handoff child workflows and its search attribute values, and reads a handoff
+document and a successor's input as rendered text (resolved from the content store
+by the codec server), saving screenshots to tests/artifacts/. `make test` installs
+chromium (`browser-deps`); without it this test fails, it is not skipped.
+
+Every UI wait is a condition with a generous timeout (`UI_WAIT_MS`): the UI renders
+slowly on a loaded 2-core machine.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -16,16 +22,21 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest_asyncio
-from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
+from temporal_handoff.devloop import DevLoop, dev_loop
 from temporal_handoff.schemas.config import SessionConfig
+from temporal_handoff.schemas.handoff import HandoffPayload
 from temporal_handoff.schemas.project import synthetic_project
-from temporal_handoff.schemas.session import SessionInput, SessionResult
+from temporal_handoff.schemas.session import (
+    AbortArgs,
+    DecideArgs,
+    SessionInput,
+    SessionResult,
+)
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
-from temporal_handoff.workers.devserver import start_dev_server
-from temporal_handoff.workers.plugin import HandoffPlugin
+from temporal_handoff.workers.storage import external_storage
 from tests.conftest import running_worker
+from tests.waits import wait_status
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -34,6 +45,8 @@ FLAGS = [
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 WINDOW = 3_000
+UI_WAIT_MS = 120_000
+"""Upper bound of every UI condition (page loads, codec decoding); normally ~1 s."""
 
 
 def _free_port() -> int:
@@ -42,26 +55,55 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, int]]:
-    ui_port = _free_port()
-    env = await start_dev_server(ui=True, ui_port=ui_port)
-    try:
-        yield env, ui_port
-    finally:
-        await env.shutdown()
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def ui_env(tmp_path_factory: object) -> AsyncIterator[DevLoop]:
+    """`handoff dev` in-process: dev server + UI + codec server + content store."""
+    state = tmp_path_factory.mktemp("handoff-dev")  # type: ignore[attr-defined]
+    async with dev_loop(
+        state_dir=state, port=_free_port(), ui_port=_free_port(), task_queue=f"dev-{uuid.uuid4().hex[:6]}"
+    ) as loop:
+        yield loop
 
 
-async def test_ui_shows_session_children_and_search_attributes(
-    ui_env: tuple[WorkflowEnvironment, int],
-) -> None:
+_SCROLL_TO_FIND = """(text) => {
+  // The Input/Result code blocks (CodeMirror) render only the lines in view: scroll
+  // each down by half a screen per poll, from the top again at the end, until the
+  // text is among the rendered lines; then bring that line into view.
+  const scrollers = [...document.querySelectorAll('main .cm-scroller')]
+    .filter((s) => s.clientHeight > 0);
+  for (const s of scrollers) {
+    const line = [...s.querySelectorAll('.cm-line')].find((l) => l.textContent.includes(text));
+    if (line) { line.scrollIntoView({ block: 'center' }); return true; }
+  }
+  for (const s of scrollers) {
+    const end = s.scrollTop + s.clientHeight >= s.scrollHeight - 1;
+    s.scrollTop = end ? 0 : s.scrollTop + Math.max(50, s.clientHeight / 2);
+  }
+  return false;
+}"""
+
+
+async def find_in_payloads(page: object, text: str, *, in_string: bool = False) -> None:
+    """Wait until `text` is rendered in one of the page's payload code blocks (with
+    `in_string`, text inside a JSON string, escaped as the UI renders it)."""
+    rendered = json.dumps(text, ensure_ascii=False)[1:-1] if in_string else text
+    await page.wait_for_function(  # type: ignore[attr-defined]
+        _SCROLL_TO_FIND, arg=rendered, polling=250, timeout=UI_WAIT_MS
+    )
+
+
+def _store(loop: DevLoop) -> dict[str, object]:
+    """Worker options: the loop's content store (conversations and documents out of history)."""
+    return {"storage": external_storage(loop.storage_dir)}
+
+
+async def test_ui_shows_session_children_and_search_attributes(ui_env: DevLoop) -> None:
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `make browser-deps`"
     from playwright.async_api import async_playwright, expect
 
-    env, ui_port = ui_env
-    config = env.client.config()
-    config["plugins"] = [HandoffPlugin()]
-    client = Client(**config)
+    expect.set_options(timeout=UI_WAIT_MS)
+    client = ui_env.client
+    ui_port = ui_env.ui_port
     tag = uuid.uuid4().hex[:8]
     project = f"ui-{tag}"
     wid = f"ui-session-{tag}"
@@ -69,7 +111,7 @@ async def test_ui_shows_session_children_and_search_attributes(
     with FakeAnthropicServer(
         brain=ScriptedAgentBrain(tasks_per_turn=2), context_windows={"claude-sonnet-4-6": WINDOW}
     ) as fake:
-        async with running_worker(client, task_queue, fake.base_url):
+        async with running_worker(client, task_queue, fake.base_url, **_store(ui_env)):  # type: ignore[arg-type]
             handle = await client.start_workflow(
                 "AgentSessionWorkflow",
                 SessionInput(
@@ -89,7 +131,7 @@ async def test_ui_shows_session_children_and_search_attributes(
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         try:
             page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
+            page.set_default_timeout(UI_WAIT_MS)
 
             # 1. Find the session by its project search attribute.
             await page.goto(f"{base}?query={quote(f'AgentProject={project!r}')}")
@@ -132,4 +174,104 @@ async def test_ui_shows_session_children_and_search_attributes(
         finally:
             await browser.close()
     for name in ("ui-1-find-session", "ui-2-handoff-children", "ui-3-search-attributes"):
+        assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
+
+
+async def test_ui_reads_handoff_document_and_successor_input_from_store(ui_env: DevLoop) -> None:
+    """With the content store on, the UI shows the handoff document's sections and the
+    successor's input as text (not `{"claimData": ..., "driverName": "handoff-local"}`)."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `make browser-deps`"
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=UI_WAIT_MS)
+    client = ui_env.client
+    tag = uuid.uuid4().hex[:8]
+    wid = f"ui-doc-{tag}"
+    task_queue = f"tq-ui-doc-{tag}"
+    decision = f"DECISION-{tag}: use sqlite for the cache"
+    brain = ScriptedAgentBrain(tasks_per_turn=2, blocker_every=4, decision_every=0)
+    with FakeAnthropicServer(brain=brain, context_windows={"claude-sonnet-4-6": 20_000}) as fake:
+        async with running_worker(client, task_queue, fake.base_url, **_store(ui_env)):  # type: ignore[arg-type]
+            handle = await client.start_workflow(
+                "AgentSessionWorkflow",
+                SessionInput(
+                    config=SessionConfig(context_window=20_000, user="ui-doc"),
+                    project=synthetic_project(40, 4).model_copy(update={"name": f"ui-doc-{tag}"}),
+                ),
+                id=wid, task_queue=task_queue, result_type=SessionResult,
+                static_summary=f"agent session: ui-doc-{tag}",
+            )
+            # A human answers the first blocker; the second stays open; then a handoff.
+            st = await wait_status(client, wid, lambda s: bool(s.open_blockers), "a first blocker")
+            first = st.open_blockers[0]["id"]
+            await handle.execute_update(
+                "decide", DecideArgs(blocker_id=first, decision=decision, by="ana"), result_type=str
+            )
+            st = await wait_status(
+                client, wid, lambda s: any(b["id"] != first for b in s.open_blockers),
+                "a second blocker",
+            )
+            gen = st.generation
+            await handle.signal("flush")
+            await wait_status(client, wid, lambda s: s.generation > gen, "the flushed handoff")
+            await handle.signal("abort", AbortArgs(reason="ui test done"))
+            result = await handle.result()
+    child_id = f"{wid}-handoff-{gen}"
+    payload = await client.get_workflow_handle(child_id, result_type=HandoffPayload).result()
+    doc = payload.document
+    assert doc is not None
+    assert any(d.title == decision for d in doc.human_decisions)
+    open_ids = [b.id for b in doc.open_blockers]
+    next_ids = [t.id for t in doc.next_eligible]
+    assert open_ids and next_ids
+    continued = result.lineage[gen].run_id  # the run that handed off (continue-as-new)
+    successor = result.lineage[gen + 1].run_id
+    succ_input = await client.get_workflow_handle(wid, run_id=successor).fetch_history()
+    raw = succ_input.events[0].workflow_execution_started_event_attributes.input.payloads[0]
+    assert raw.metadata["messageType"].endswith(b"ExternalStorageReference")  # store ON
+    (inp,) = await client.data_converter.decode([raw], [SessionInput])
+    assert inp.handoff is not None
+    prompt_line = next(ln for ln in inp.handoff.prompt.splitlines() if open_ids[0] in ln).strip()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    base = f"http://127.0.0.1:{ui_env.ui_port}/namespaces/default/workflows"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(UI_WAIT_MS)
+            main = page.locator("main")
+            codec_calls: list[str] = []
+
+            page.on(
+                "response",
+                lambda r: codec_calls.append(f"{r.status} {r.url.rsplit('/', 1)[-1]}")
+                if "/decode" in r.url or "/download" in r.url else None,
+            )
+            # The handoff child: its result is the document, read from the store.
+            await page.goto(f"{base}/{child_id}")
+            await expect(main).to_contain_text('"document"')
+            for blocker in open_ids:
+                await find_in_payloads(page, f'"id": "{blocker}"')  # an open blocker id
+            for task in next_ids:
+                await find_in_payloads(page, f'"id": "{task}"')  # the next eligible tasks
+            await find_in_payloads(page, f'"title": "{decision}"')  # a human decision's text
+            await expect(main).not_to_contain_text("claimData")
+            await page.screenshot(path=str(ARTIFACTS / "ui-4-handoff-document.png"), full_page=True)
+
+            # The continue-as-new run and the successor: the successor's input (its
+            # handoff prompt), read from the store.
+            for run, shot in ((continued, "ui-5-continued-run"), (successor, "ui-6-successor-input")):
+                await page.goto(f"{base}/{wid}/{run}")
+                await expect(main).to_contain_text("Input")
+                await find_in_payloads(page, prompt_line, in_string=True)
+                await expect(main).not_to_contain_text("claimData")
+                await page.screenshot(path=str(ARTIFACTS / f"{shot}.png"), full_page=True)
+        except Exception:
+            await page.screenshot(path=str(ARTIFACTS / "ui-failure.png"), full_page=True)
+            print("codec server calls:", codec_calls)
+            raise
+        finally:
+            await browser.close()
+    for name in ("ui-4-handoff-document", "ui-5-continued-run", "ui-6-successor-input"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000

@@ -46,6 +46,7 @@ async def start_dev_server(
     namespace: str = "default",
     plugins: list | None = None,
     log_level: str = "error",
+    ui_codec_endpoint: str | None = None,
 ) -> WorkflowEnvironment:
     """Start `temporal server start-dev` with the search attributes registered.
 
@@ -53,7 +54,12 @@ async def start_dev_server(
         db_file: file-backed persistence (survives restarts); in-memory if None.
         port: frontend port (random if None).
         ui: serve the Temporal UI (on `ui_port`, default port + 1000).
+        ui_codec_endpoint: codec server the UI decodes payloads with
+            (`temporal server start-dev --ui-codec-endpoint`).
     """
+    extra = ["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"]
+    if ui_codec_endpoint:
+        extra += ["--ui-codec-endpoint", ui_codec_endpoint]
     if db_file:
         Path(db_file).parent.mkdir(parents=True, exist_ok=True)
     return await WorkflowEnvironment.start_local(
@@ -66,5 +72,5 @@ async def start_dev_server(
         dev_server_existing_path=temporal_binary(),
         dev_server_database_filename=db_file,
         dev_server_log_level=log_level,
-        dev_server_extra_args=["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
+        dev_server_extra_args=extra,
     )
