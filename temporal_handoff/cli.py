@@ -32,6 +32,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCStatusCode
 
 from temporal_handoff.commands import send_update
+from temporal_handoff.runtime_scope import command_runtime, run_short_lived
 from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.project import (
@@ -103,16 +104,23 @@ async def connect(address: str | None, namespace: str | None) -> Client:
         raise CliError(str(err)) from None
     plugin = HandoffPlugin(storage=storage_from_env(), codec=codec_from_env())
     try:
-        return await asyncio.wait_for(Client.connect(**config, plugins=[plugin]), timeout=10)
+        return await asyncio.wait_for(
+            Client.connect(**config, plugins=[plugin], runtime=command_runtime()), timeout=10
+        )
     except (RuntimeError, RPCError, TimeoutError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CliError(f"cannot reach Temporal at {config['target_host']}: {first}") from None
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine, turning known failures into one-line errors and exit codes."""
+    """Run a coroutine, turning known failures into one-line errors and exit codes.
+
+    The command's Temporal runtime is shut down before this returns (see
+    :mod:`temporal_handoff.runtime_scope`): no Temporal thread is left to abort the
+    interpreter's exit.
+    """
     try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+        return run_short_lived(coro_fn)
     except CliError as err:
         fail(str(err), err.code)
     except WorkflowUpdateFailedError as err:
@@ -249,7 +257,7 @@ def worker(
         try:
             client = await connect_worker_client(
                 address=address, namespace=namespace, profile=profile, identity=identity,
-                storage_dir=storage_dir,
+                storage_dir=storage_dir, runtime=command_runtime(),
             )
         except WorkerConnectError as err:
             raise CliError(str(err)) from None

@@ -451,6 +451,7 @@ async def replay_histories(histories: list[tuple[str, WorkflowHistory]]) -> dict
     """Replay with the current workflow code; label → first line of each failure."""
     from temporalio.worker import Replayer
 
+    from temporal_handoff.runtime_scope import command_runtime
     from temporal_handoff.workers.plugin import HandoffPlugin
     from temporal_handoff.workers.worker import codec_from_env, storage_from_env
 
@@ -460,7 +461,8 @@ async def replay_histories(histories: list[tuple[str, WorkflowHistory]]) -> dict
     # not replay without them). (Listing the workflows here as well would register
     # each twice.)
     replayer = Replayer(
-        workflows=[], plugins=[HandoffPlugin(storage=storage_from_env(), codec=codec_from_env())]
+        workflows=[], plugins=[HandoffPlugin(storage=storage_from_env(), codec=codec_from_env())],
+        runtime=command_runtime(),
     )
 
     async def each() -> Any:

@@ -30,6 +30,7 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from temporal_handoff.runtime_scope import command_runtime, run_short_lived
 from temporal_handoff.workers.storage import (
     GcResult,
     gc_orphans,
@@ -136,7 +137,9 @@ async def _connect(address: str | None, namespace: str | None, profile: str | No
     except WorkerConnectError as err:
         raise _Usage(str(err)) from None
     try:
-        return await asyncio.wait_for(Client.connect(**config), timeout=10)
+        return await asyncio.wait_for(
+            Client.connect(**config, runtime=command_runtime()), timeout=10
+        )
     except (RuntimeError, RPCError, TimeoutError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise _Usage(f"cannot reach Temporal at {config['target_host']}: {first}") from None
@@ -200,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "gc":
-            print(json.dumps(asyncio.run(_gc(args)).__dict__))
+            print(json.dumps(run_short_lived(lambda: _gc(args)).__dict__))
         elif args.cmd == "orphans":
             root = _store_dir(args.directory)
             print(json.dumps(gc_orphans(root, grace_s=args.grace_s).__dict__))

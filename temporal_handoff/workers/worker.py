@@ -38,6 +38,7 @@ from temporalio.client import Client
 from temporalio.converter import ExternalStorage
 from temporalio.envconfig import ClientConfig
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
+from temporalio.runtime import Runtime
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -123,13 +124,19 @@ async def connect_worker_client(
     storage_dir: str | None = None,
     plugin: HandoffPlugin | None = None,
     timeout_s: float = 10.0,
+    runtime: Runtime | None = None,
 ) -> Client:
-    """Connect with the `HandoffPlugin` (shared storage and codec from the environment)."""
+    """Connect with the `HandoffPlugin` (shared storage and codec from the environment).
+
+    `runtime`: the Temporal runtime to run on (default: the SDK's process-wide one).
+    """
     config = connect_config(address=address, namespace=namespace, profile=profile, identity=identity)
     if plugin is None:
         plugin = HandoffPlugin(storage=storage_from_env(storage_dir), codec=codec_from_env())
     try:
-        return await asyncio.wait_for(Client.connect(**config, plugins=[plugin]), timeout=timeout_s)
+        return await asyncio.wait_for(
+            Client.connect(**config, plugins=[plugin], runtime=runtime), timeout=timeout_s
+        )
     except (RuntimeError, TimeoutError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise WorkerConnectError(f"cannot reach Temporal at {config['target_host']}: {first}") from None
