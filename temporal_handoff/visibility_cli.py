@@ -113,12 +113,21 @@ async def _rows(client: Client, query: str, limit: int) -> list[dict[str, Any]]:
                 "agent_type": attrs.get(sa.AGENT_TYPE),
                 "total_tokens": attrs.get(sa.TOTAL_TOKENS),
                 "cost_usd": attrs.get(sa.COST_USD),
-                "handoff_summary": await wf.memo_value("handoff_summary", ""),
+                "handoff_summary": await _memo_text(wf, "handoff_summary"),
                 "needs_human": attrs.get(sa.NEEDS_HUMAN),
-                "end_reason": await wf.memo_value("end_reason", ""),
+                "end_reason": await _memo_text(wf, "end_reason"),
             }
         )
     return rows
+
+
+async def _memo_text(wf: Any, key: str) -> str:
+    """A memo field, or "(unreadable)" when this client cannot decode it (another
+    deployment's codec key): one such row must not fail the whole listing."""
+    try:
+        return str(await wf.memo_value(key, ""))
+    except Exception:  # any decode failure is the same to a listing
+        return "(unreadable)"
 
 
 def _out() -> Console:
