@@ -180,6 +180,12 @@ class AgentSessionWorkflow:
     # command sent the wrong way (plain `temporal` CLI, bad JSON, undecodable payload)
     # gets a reason naming the field instead of being dropped or failing a task.
     def _update(self, kind: CommandKind, raw: tuple[Any, ...]) -> str:
+        # A repeated update id (a client retry, possibly after continue-as-new) is
+        # answered with its first reply before its input is read: the validator
+        # skipped that input, so it must not be able to raise here.
+        repeated = self._repeated_update()
+        if repeated is not None:
+            return repeated
         return self._accept(self._command(kind, command_input.parse(kind, raw)))
 
     def _validate_input(self, kind: CommandKind, raw: tuple[Any, ...]) -> None:
