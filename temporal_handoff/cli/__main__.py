@@ -4,4 +4,5 @@ import sys
 
 from temporal_handoff.cli import app
 
-sys.exit(app())
+if __name__ == "__main__":  # importing the module (walk_packages in tests) runs nothing
+    sys.exit(app())
