@@ -12,7 +12,6 @@ from typing import Any
 
 import typer
 from temporalio.client import Client, WorkflowHistory
-from temporalio.service import RPCError, RPCStatusCode
 
 from temporal_handoff.cli.common import (
     ADDRESS,
@@ -55,20 +54,15 @@ def export(
 # ---------------------------------------------------------------- replay
 async def session_histories(client: Client, workflow_id: str) -> list[tuple[str, WorkflowHistory]]:
     """Every run of a session and each run's handoff child, labelled, oldest first."""
-    from temporal_handoff.chain import session_chain
+    from temporal_handoff.runs import read_handoff, read_runs
 
     out: list[tuple[str, WorkflowHistory]] = []
-    for row in await session_chain(client, workflow_id):
-        handle = client.get_workflow_handle(workflow_id, run_id=row.run_id)
-        out.append((f"{workflow_id} gen {row.generation}", await handle.fetch_history()))
-        if row.handoff_child:
-            try:
-                child = await client.get_workflow_handle(row.handoff_child).fetch_history()
-            except RPCError as err:
-                if err.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                continue  # past retention
-            out.append((f"{row.handoff_child} (handoff child)", child))
+    for one in await read_runs(client, workflow_id):
+        out.append((f"{workflow_id} gen {one.generation}", one.history))
+        if one.handoff_child:
+            child = await read_handoff(client, one.handoff_child)
+            if child is not None:  # else past retention
+                out.append((f"{one.handoff_child} (handoff child)", child.history))
     return out
 
 
