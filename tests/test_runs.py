@@ -1,8 +1,10 @@
 """The one reader of a session's chain of runs (`temporal_handoff.runs`), on a real
-multi-generation session run with the content store on, read back through the store."""
+multi-generation session run with the content store on, read back through the store;
+and what that history holds inline for people (handoff documents, the memo)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +22,9 @@ from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionResult
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.workers.plugin import HandoffPlugin
-from temporal_handoff.workers.storage import external_storage
+from temporal_handoff.workers.storage import DEFAULT_THRESHOLD_BYTES, external_storage
 from tests.conftest import running_worker
-from tests.helpers import start_session
+from tests.helpers import call_model_inputs, is_store_reference, start_session
 
 WINDOW = 3_000
 
@@ -108,3 +110,38 @@ async def test_every_consumer_reads_the_same_chain(stored: StoredSession) -> Non
     assert sorted(docs) == list(range(result.generation))
     for gen, payload in docs.items():
         assert payload.document is not None and payload.document.agent.generation == gen
+
+
+async def test_store_takes_conversations_and_leaves_handoff_documents_inline(
+    stored: StoredSession,
+) -> None:
+    """With the store on, a handoff child's result (the document) is inline JSON in
+    history, as is each successor's input; the model calls' conversations are not."""
+    client, wid, result = stored.client, stored.workflow_id, stored.result
+    runs = (await read_chain(client, wid)).runs
+    payloads = {}
+    for run, successor in zip(runs, runs[1:], strict=False):
+        assert run.handoff_child is not None
+        child = await read_handoff(client, run.handoff_child)
+        assert child is not None and child.result is not None
+        raw = child.history.events[-1].workflow_execution_completed_event_attributes.result
+        (payload,) = raw.payloads
+        assert not is_store_reference(payload), run.handoff_child
+        assert payload.metadata["encoding"] == b"json/plain"
+        document = json.loads(payload.data)["document"]
+        assert document["agent"]["generation"] == run.generation
+        assert document["next_eligible"] or document["open_blockers"] or document["progress"]
+        started = successor.history.events[0].workflow_execution_started_event_attributes
+        assert not is_store_reference(started.input.payloads[0])
+        payloads[child.result.summary()] = child.result
+    conversations = [p for run in runs for p in call_model_inputs(run.history)]
+    assert any(map(is_store_reference, conversations))
+    inline = [p for p in conversations if not is_store_reference(p)]
+    assert all(p.ByteSize() < DEFAULT_THRESHOLD_BYTES for p in inline)  # too small to store
+    # The memo: the last handoff's summary, its payload's token count and level.
+    memo = await (await client.get_workflow_handle(wid).describe()).memo()
+    if result.final_handoff is not None:
+        payloads[result.final_handoff.summary()] = result.final_handoff
+    last = payloads[memo["handoff_summary"]]
+    assert memo["handoff_tokens"] == last.prompt_tokens > 0
+    assert memo["handoff_level"] == last.level.value
