@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import NoReturn, TypeVar
@@ -28,6 +29,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCStatusCode
 
+from temporal_handoff.cli.dev_env import discovered
 from temporal_handoff.runtime_scope import command_runtime, run_short_lived
 
 HELP = """`handoff`: run the demo or a worker, start sessions, steer them, read their chain.
@@ -43,6 +45,28 @@ logging.getLogger("temporal_handoff").addHandler(logging.NullHandler())
 console = Console(width=None if sys.stdout.isatty() else 110)
 err_console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+DISCOVERED: dict[str, str] = {}
+"""What the running command took from `.handoff/dev.env` (see `cli.dev_env`)."""
+
+
+@app.callback()
+def _find_dev_loop(ctx: typer.Context) -> None:
+    # Runs before the command's own options are read: values from the dev loop's
+    # `dev.env` fill the environment variables that are unset (flags still win), for
+    # this command only.
+    path, found = discovered()
+    if not found:
+        return
+    os.environ.update(found)
+    DISCOVERED.clear()
+    DISCOVERED.update(found, **{"file": str(path)})
+
+    def forget() -> None:
+        for key in found:
+            os.environ.pop(key, None)
+        DISCOVERED.clear()
+
+    ctx.call_on_close(forget)
 
 ADDRESS = typer.Option(None, "--address", envvar="TEMPORAL_ADDRESS", help="host:port")
 NAMESPACE = typer.Option(None, "--namespace", envvar="TEMPORAL_NAMESPACE")
@@ -95,7 +119,10 @@ async def connect(address: str | None, namespace: str | None) -> Client:
         )
     except (RuntimeError, RPCError, TimeoutError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CliError(f"cannot reach Temporal at {config['target_host']}: {first}") from None
+        where = config["target_host"]
+        if DISCOVERED.get("TEMPORAL_ADDRESS") == where:
+            where += f" (from {DISCOVERED['file']}: is `handoff dev` running?)"
+        raise CliError(f"cannot reach Temporal at {where}: {first}") from None
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
