@@ -229,7 +229,8 @@ async def test_ui_reads_handoff_document_and_successor_input_from_store(ui_env: 
     successor = result.lineage[gen + 1].run_id
     succ_input = await client.get_workflow_handle(wid, run_id=successor).fetch_history()
     raw = succ_input.events[0].workflow_execution_started_event_attributes.input.payloads[0]
-    assert any(map(is_store_reference, call_model_inputs(succ_input)))  # store ON
+    handed_off = await client.get_workflow_handle(wid, run_id=continued).fetch_history()
+    assert any(map(is_store_reference, call_model_inputs(handed_off)))  # store ON
     assert not is_store_reference(raw)  # conversations go out; the successor's input stays
     (inp,) = await client.data_converter.decode([raw], [SessionInput])
     assert inp.handoff is not None
