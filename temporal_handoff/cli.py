@@ -35,12 +35,7 @@ from temporal_handoff.commands import send_update
 from temporal_handoff.runtime_scope import command_runtime, run_short_lived
 from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.project import (
-    ProjectState,
-    from_orchestrator,
-    from_state_json,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import (
     AbortArgs,
     DecideArgs,
@@ -50,6 +45,8 @@ from temporal_handoff.schemas.session import (
     SessionStatus,
     TaskCommandArgs,
 )
+from temporal_handoff.seeds import from_orchestrator, from_state_json
+from temporal_handoff.testing.synthetic import synthetic_project
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Library warnings (an undecodable payload) would repeat the one-line error on stderr.

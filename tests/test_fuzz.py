@@ -42,14 +42,7 @@ from temporal_handoff.schemas.handoff import (
     render_prompt,
 )
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import (
-    Blocker,
-    BlockerType,
-    ProjectState,
-    from_orchestrator,
-    from_state_json,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import Blocker, BlockerType, ProjectState
 from temporal_handoff.schemas.session import (
     AbortArgs,
     DecideArgs,
@@ -58,7 +51,9 @@ from temporal_handoff.schemas.session import (
     SessionResult,
     SessionStatus,
 )
+from temporal_handoff.seeds import from_orchestrator, from_state_json
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 
 SCALARS = (

@@ -32,13 +32,8 @@ from pydantic import Field, field_validator
 from temporal_handoff.schemas.base import DurableModel, validate_human
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import (
-    DONE_STATUSES,
-    BlockerType,
-    ProjectState,
-    StateEvent,
-    TaskStatus,
-)
+from temporal_handoff.schemas.project import DONE_STATUSES, BlockerType, ProjectState, TaskStatus
+from temporal_handoff.schemas.state_events import StateEvent
 from temporal_handoff.schemas.tokens import TokenLedger
 
 __all__ = [
