@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -62,6 +62,8 @@ class Decision(DurableModel):
     at: datetime | None = None
     blocker_id: str | None = None
     generation: int = 0
+    question: str = Field(default="", max_length=DECISION_TITLE_MAX)
+    """The question the decision answers (the context protocol's `question`)."""
 
 
 class Alternative(DurableModel):
@@ -84,6 +86,7 @@ class Blocker(DurableModel):
     resolution: str = ""
     task_id: str | None = None
     opened_at: datetime | None = None
+    resolved_at: datetime | None = None
 
 
 class FileNote(DurableModel):
@@ -96,6 +99,55 @@ class ErrorRecord(DurableModel):
     message: str
     task_id: str | None = None
     generation: int = 0
+
+
+class Milestone(DurableModel):
+    """A completed step and how it was verified (the context protocol's milestone object).
+
+    `ProjectState.milestones` keeps the description as text (what the handoff document
+    shows); a record is kept beside it only when the seed file said more than that.
+    """
+
+    description: str = Field(default="", max_length=4_000)
+    phase: str = ""
+    step: str = ""
+    completed_at: datetime | None = None
+    verification: str = Field(default="", max_length=4_000)
+
+
+class SeedHealth(DurableModel):
+    """The context protocol's `health` block, as imported (an export recomputes it)."""
+
+    total_milestones: int | None = None
+    completed_milestones: int | None = None
+    completion_percentage: float | None = None
+    blockers_open: int | None = None
+    blockers_resolved: int | None = None
+    sessions_count: int | None = None
+    estimated_sessions_remaining: int | None = None
+
+
+class HandoffRecord(DurableModel):
+    """One entry of the orchestrator's `handoff_history`."""
+
+    id: str = ""
+    timestamp: datetime | None = None
+    tokens: int = 0
+
+
+class SeedInfo(DurableModel):
+    """What a seed file said that the session does not act on but an export writes back."""
+
+    format: str = ""
+    """"orchestrator" or "state-json"."""
+    created_at: datetime | None = None
+    last_updated: datetime | None = None
+    last_agent: str = ""
+    health: SeedHealth | None = None
+    environment: dict[str, Any] = Field(default_factory=dict)
+    """Structured environment values (lists, objects, numbers) as the file had them;
+    `ProjectState.environment` holds their text."""
+    handoff_history: list[HandoffRecord] = Field(default_factory=list)
 
 
 class ProjectState(DurableModel):
@@ -122,6 +174,13 @@ class ProjectState(DurableModel):
     that received them; `recall` of an earlier generation reads them)."""
     duplicate_completions: int = 0
     """complete_task calls for an already-completed task (refused, never double-counted)."""
+    version: str = ""
+    """The seed file's project version."""
+    current_step: str | None = None
+    """The context protocol's current step (its roadmap's steps become tasks `<phase>.<step>`)."""
+    milestone_records: list[Milestone] = Field(default_factory=list)
+    seed: SeedInfo | None = None
+    """Where the state was imported from (None for a state built in code)."""
 
     @model_validator(mode="after")
     def _dag(self) -> ProjectState:
