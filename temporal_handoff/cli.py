@@ -45,7 +45,6 @@ from temporal_handoff.schemas.session import (
     SessionStatus,
     TaskCommandArgs,
 )
-from temporal_handoff.seeds import from_orchestrator, from_state_json
 from temporal_handoff.testing.synthetic import synthetic_project
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -275,17 +274,12 @@ def worker(
 
 
 def _load_project(path: Path | None, tasks: int, phases: int) -> ProjectState:
+    """The synthetic project, or a seed file (one-line CliError naming file and field)."""
     if path is None:
         return synthetic_project(tasks, phases)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CliError(f"cannot read project file {path}: {err}") from None
-    if "tasks" in data and ("dag" in data or "metadata" in data):
-        return from_orchestrator(data)
-    if "progress" in data or "completed_milestones" in data:
-        return from_state_json(data)
-    return validate_human(ProjectState, data)
+    from temporal_handoff.seeds_cli import load_seed_file
+
+    return load_seed_file(path).state
 
 
 @app.command()
@@ -318,6 +312,13 @@ def start(
         fail("invalid config: expected a JSON object")
     if wait and not resume_from:
         fail("--wait needs --resume-from")
+    # A bad project file is reported before anything connects.
+    seeded: ProjectState | None = None
+    if not resume_from:
+        try:
+            seeded = _load_project(project, tasks, phases)
+        except CliError as err:
+            fail(str(err), err.code)
 
     async def go() -> None:
         from temporal_handoff.resume import ResumeError, resume_session
@@ -332,7 +333,8 @@ def start(
             inp = resumed.input
             err_console.print(resumed.note, highlight=False, markup=False)
         else:
-            inp = SessionInput(config=cfg, project=_load_project(project, tasks, phases))
+            assert seeded is not None
+            inp = SessionInput(config=cfg, project=seeded)
         wid = workflow_id or f"session-{uuid.uuid4().hex[:12]}"
         with _already_started(wid):
             await client.start_workflow(
@@ -567,6 +569,7 @@ def result(
 # The read-side commands (list, watch, stats, export, replay, plot, setup) register
 # themselves on `app`.
 import temporal_handoff.codec_cli  # noqa: E402
+import temporal_handoff.seeds_cli  # noqa: E402
 import temporal_handoff.visibility_cli  # noqa: E402,F401
 
 

@@ -4,6 +4,10 @@
     DIR/session-summaries/000.md        handoff document of generation 0 (to_markdown)
     DIR/session-summaries/001.md        ...
 
+With `--layout context-protocol` or `--layout orchestrator` the files are those of a
+seed format instead (written by the pure functions of :mod:`temporal_handoff.seeds.layouts`
+from the runs gathered here).
+
 JSON has sorted keys and a two-space indent; generation numbers are zero-padded so
 files list in order. The handoff payload of generation g is read from history: the
 input of the run that g handed to (`SessionInput.handoff`), or the final result's
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +27,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from temporal_handoff.schemas.handoff import HandoffPayload
+from temporal_handoff.schemas.config import CompressionLevel
+from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, build_document
+from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import SessionInput, SessionResult
+from temporal_handoff.schemas.tokens import TokenLedger
+from temporal_handoff.seeds.layouts import Generation, context_protocol_files, orchestrator_files
 
 
 class RunRecord(BaseModel):
@@ -34,6 +43,8 @@ class RunRecord(BaseModel):
     result: SessionResult | None = None
     status: str = "RUNNING"
     previous_run_id: str = ""
+    started_at: datetime | None = None
+    closed_at: datetime | None = None
 
 
 async def _decode(client: Client, payloads: Any, kind: type) -> Any:
@@ -48,9 +59,13 @@ async def read_run(client: Client, workflow_id: str, run_id: str) -> RunRecord:
     prev = ""
     result: SessionResult | None = None
     status = "RUNNING"
+    started: datetime | None = None
+    closed: datetime | None = None
     async for event in handle.fetch_history_events():
         et = event.event_type
+        closed = event.event_time.ToDatetime(tzinfo=UTC)
         if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            started = closed
             attrs = event.workflow_execution_started_event_attributes
             inp = await _decode(client, attrs.input.payloads, SessionInput)
             prev = attrs.continued_execution_run_id
@@ -71,7 +86,8 @@ async def read_run(client: Client, workflow_id: str, run_id: str) -> RunRecord:
         raise ValueError(f"run {run_id} of {workflow_id} has no start event")
     return RunRecord(
         generation=inp.generation, run_id=run_id, input=inp, result=result,
-        status=status, previous_run_id=prev,
+        status=status, previous_run_id=prev, started_at=started,
+        closed_at=closed if status != "RUNNING" else None,
     )
 
 
@@ -163,3 +179,59 @@ async def export_session(client: Client, workflow_id: str, out_dir: Path) -> lis
         _write(path, payload.document.to_markdown())
         written.append(path)
     return written
+
+
+def _write_files(out_dir: Path, files: dict[str, str]) -> list[Path]:
+    written = []
+    for rel, text in files.items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, text)
+        written.append(path)
+    return written
+
+
+async def export_layout(
+    client: Client, workflow_id: str, out_dir: Path, layout: str,
+    level: CompressionLevel = CompressionLevel.STANDARD,
+) -> list[Path]:
+    """Write a session in a seed layout (`context-protocol` or `orchestrator`)."""
+    runs = await read_runs(client, workflow_id)
+    state = await current_state(client, workflow_id, runs)
+    payloads = await handoff_payloads(client, workflow_id, runs)
+    generations = []
+    for i, run in enumerate(runs):
+        end = (
+            runs[i + 1].input.project if i + 1 < len(runs)
+            else run.result.project if run.result is not None else state
+        )
+        payload = payloads.get(run.generation)
+        doc = payload.document if payload is not None else None
+        ended = (
+            run.result.reason.value if run.result is not None
+            else doc.agent.reason.value if doc is not None
+            else "" if run.status == "RUNNING" else run.status
+        )
+        generations.append(
+            Generation(
+                generation=run.generation, start=run.input.project, end=end,
+                started_at=run.started_at, closed_at=run.closed_at, ended=ended,
+                context_fraction=doc.tokens.usage_fraction if doc is not None
+                else run.result.ledger.occupancy / run.result.ledger.context_window
+                if run.result is not None else None,
+                handoff_id=f"{workflow_id}-handoff-{run.generation}" if i + 1 < len(runs) else "",
+                handoff_tokens=payload.prompt_tokens if payload is not None else 0,
+            )
+        )
+    last = runs[-1]
+    updated = last.closed_at or datetime.now(UTC)
+    if layout == "context-protocol":
+        files = context_protocol_files(state, generations, updated_at=updated)
+    else:
+        ctx = HandoffContext(
+            session_id=workflow_id, generation=last.generation,
+            reason=last.result.reason if last.result else TerminationReason.MANUAL_FLUSH,
+            ledger=last.result.ledger if last.result else TokenLedger(),
+        )
+        files = orchestrator_files(state, generations, build_document(state, ctx), level)
+    return _write_files(Path(out_dir), files)

@@ -312,15 +312,23 @@ def _num(text: str | None) -> int | str | None:
 
 
 def current_position(state: ProjectState) -> tuple[str | None, str | None, str]:
-    """(phase, step, step status) of the first step task not done, else the state's."""
+    """(phase, step, step status): the first step task (`<phase>.<step>`) not done, else
+    the last one (complete), else the state's own position."""
+    last: Task | None = None
     for task in state.tasks.values():
         pid, _, sid = task.id.partition(".")
-        if task.status not in DONE_STATUSES and sid and pid == task.phase:
-            status = {"pending": "not_started", "in_progress": "in_progress",
-                      "failed": "failed"}.get(task.status.value, "in_progress")
+        if not sid or pid != task.phase:
+            continue
+        if task.status not in DONE_STATUSES:
+            status = {"pending": "not_started", "failed": "failed"}.get(
+                task.status.value, "in_progress"
+            )
             return pid, sid, status
-    step = state.current_step
-    return state.current_phase, step, "complete" if state.all_done else "in_progress"
+        last = task
+    if last is not None:
+        pid, _, sid = last.id.partition(".")
+        return pid, sid, "complete"
+    return state.current_phase, state.current_step, "complete" if state.all_done else "in_progress"
 
 
 def health(state: ProjectState, sessions: int = 0) -> dict[str, Any]:

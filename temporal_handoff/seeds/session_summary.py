@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from temporal_handoff.schemas.project import DONE_STATUSES, BlockerType, ProjectState, TaskStatus
+from temporal_handoff.seeds.context_protocol import current_position
 from temporal_handoff.seeds.orchestrator import iso
 
 DECISIONS_LOG = "decisions.log"
@@ -91,7 +92,7 @@ def session_summary(start: ProjectState, end: ProjectState, facts: SessionFacts)
     old_files = {f.path: f.note for f in start.files}
     files = [f for f in end.files if old_files.get(f.path) != f.note]
     eligible = end.next_eligible(limit=5)
-    step = start.current_step or next(iter(start.next_eligible(limit=1)), "none")
+    phase, step, _ = current_position(start)
     out = [
         "# Session Summary",
         "",
@@ -101,8 +102,8 @@ def session_summary(start: ProjectState, end: ProjectState, facts: SessionFacts)
         f"**Duration:** {_duration(facts.duration_s)}  ",
         "",
         "## Starting State",
-        f"- Phase: {start.current_phase or 'none'}",
-        f"- Step: {step}",
+        f"- Phase: {phase or 'none'}",
+        f"- Step: {step or 'none'}",
         "- Previous blockers: "
         + (", ".join(f"{b.id} ({b.type.value})" for b in start.open_blockers()) or "none"),
         "",
