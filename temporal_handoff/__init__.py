@@ -30,6 +30,7 @@ _EXPORTS = {
     "synthetic_project": "temporal_handoff.testing.synthetic",
     "from_orchestrator": "temporal_handoff.seeds",
     "from_state_json": "temporal_handoff.seeds",
+    "read_seed": "temporal_handoff.seeds",
     "HandoffDocument": "temporal_handoff.schemas.handoff",
     "HandoffPayload": "temporal_handoff.schemas.handoff",
 }
