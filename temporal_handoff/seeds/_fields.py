@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class SeedError(ValueError):
@@ -187,3 +191,26 @@ def first_error(err: ValidationError, prefix: str = "") -> SeedError:
         return SeedError(join(prefix, loc), msg)
     field, sep, problem = msg.partition(": ")  # a model check names its own field
     return SeedError(join(prefix, field), problem) if sep else SeedError(prefix or "file", msg)
+
+
+def make(model: type[M], where: str, **fields: Any) -> M:
+    """`model(**fields)`, its own checks (lengths, ids) as a SeedError under `where`."""
+    try:
+        return model(**fields)
+    except ValidationError as err:
+        raise first_error(err, where) from None
+
+
+def read_with(
+    read: Callable[[Reader, dict[str, Any]], T], data: Any, warnings: list[str] | None
+) -> T:
+    """Run an importer's reader on a JSON object, adding what it read leniently to
+    `warnings`."""
+    if not isinstance(data, dict):
+        raise SeedError("file", f"expected a JSON object, got {type(data).__name__}")
+    r = Reader()
+    try:
+        return read(r, data)
+    finally:
+        if warnings is not None:
+            warnings.extend(r.warnings)

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from temporal_handoff.schemas.project import ProjectState, Task, TaskStatus
-from temporal_handoff.seeds._fields import Reader, SeedError, first_error, join
+from temporal_handoff.seeds._fields import Reader, SeedError, first_error, join, make
 
 TASK_STATUSES: dict[str, str] = {
     "pending": "pending",
@@ -34,18 +34,8 @@ def read_task(r: Reader, tid: str, raw: Any, where: str, phase: str = "") -> tup
     estimate = r.number(
         raw.get("estimate_h", raw.get("estimated_hours")), join(where, "estimate_h"), 1.0
     )
-    try:
-        task = _task(r, tid, raw, where, phase, deps, estimate)
-    except ValidationError as err:
-        raise first_error(err, where) from None
-    return task, dependents
-
-
-def _task(
-    r: Reader, tid: str, raw: dict[str, Any], where: str, phase: str, deps: list[str],
-    estimate: float | None,
-) -> Task:
-    return Task(
+    task = make(
+        Task, where,
         id=tid,
         title=r.text(
             raw.get("name") or raw.get("title") or raw.get("description"), join(where, "name")
@@ -59,6 +49,7 @@ def _task(
         summary=r.text(raw.get("summary"), join(where, "summary")),
         error=r.text(raw.get("error"), join(where, "error")),
     )
+    return task, dependents
 
 
 def check_links(

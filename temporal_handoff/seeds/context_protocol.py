@@ -19,8 +19,6 @@ import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from temporal_handoff.schemas.project import (
     DONE_STATUSES,
     Blocker,
@@ -34,7 +32,7 @@ from temporal_handoff.schemas.project import (
     Task,
     TaskStatus,
 )
-from temporal_handoff.seeds._fields import Reader, SeedError, first_error, join
+from temporal_handoff.seeds._fields import Reader, SeedError, join, make, read_with
 from temporal_handoff.seeds._plan import TASK_STATUSES, build_state, check_links, read_task
 from temporal_handoff.seeds.orchestrator import environment_out, iso
 
@@ -71,21 +69,10 @@ def from_state_json(data: Any, warnings: list[str] | None = None) -> ProjectStat
     Raises:
         SeedError: malformed input; the message starts with the offending field's path.
     """
-    r = Reader()
-    try:
-        return _read(r, data)
-    finally:
-        if warnings is not None:
-            warnings.extend(r.warnings)
+    return read_with(_read, data, warnings)
 
 
-def _step_key(value: Any) -> str:
-    return str(value) if value is not None else ""
-
-
-def _read(r: Reader, data: Any) -> ProjectState:
-    if not isinstance(data, dict):
-        raise SeedError("file", f"expected a JSON object, got {type(data).__name__}")
+def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
     progress = r.obj(data.get("progress"), "progress")
     cur_phase = r.text(progress.get("current_phase"), "progress.current_phase")
     cur_step = r.text(progress.get("current_step"), "progress.current_step")
@@ -162,55 +149,45 @@ def _name(r: Reader, value: Any) -> str:
 
 
 def _milestone(r: Reader, raw: dict[str, Any], where: str) -> Milestone:
-    try:
-        return Milestone(
-            description=r.required_text(raw.get("description"), join(where, "description")),
-            phase=r.text(raw.get("phase"), join(where, "phase")),
-            step=r.text(raw.get("step"), join(where, "step")),
-            completed_at=r.when(raw.get("completed_at"), join(where, "completed_at")),
-            verification=r.text(raw.get("verification"), join(where, "verification")),
-        )
-    except ValidationError as err:
-        raise first_error(err, where) from None
+    return make(
+        Milestone, where,
+        description=r.required_text(raw.get("description"), join(where, "description")),
+        phase=r.text(raw.get("phase"), join(where, "phase")),
+        step=r.text(raw.get("step"), join(where, "step")),
+        completed_at=r.when(raw.get("completed_at"), join(where, "completed_at")),
+        verification=r.text(raw.get("verification"), join(where, "verification")),
+    )
 
 
 def _blocker(r: Reader, raw: Any, where: str, i: int) -> Blocker:
     b = r.obj(raw, where)
-    try:
-        return Blocker(
-            id=r.text(b.get("id"), join(where, "id")) or f"B{i + 1:04d}",
-            opened_at=r.when(b.get("created"), join(where, "created")),
-            description=r.required_text(
-                b.get("description") or b.get("title"), join(where, "description")
-            ),
-            type=BlockerType(
-                r.choice(b.get("type"), join(where, "type"), BLOCKER_TYPES, "technical")
-            ),
-            status="resolved"
-            if r.choice(b.get("status"), join(where, "status"), BLOCKER_STATUSES, "open") == "resolved"
-            else "open",
-            resolved_at=r.when(b.get("resolved_at"), join(where, "resolved_at")),
-            resolution=r.text(b.get("resolution"), join(where, "resolution")),
-            task_id=r.text(b.get("task_id"), join(where, "task_id")) or None,
-        )
-    except ValidationError as err:
-        raise first_error(err, where) from None
+    return make(
+        Blocker, where,
+        id=r.text(b.get("id"), join(where, "id")) or f"B{i + 1:04d}",
+        opened_at=r.when(b.get("created"), join(where, "created")),
+        description=r.required_text(
+            b.get("description") or b.get("title"), join(where, "description")
+        ),
+        type=BlockerType(r.choice(b.get("type"), join(where, "type"), BLOCKER_TYPES, "technical")),
+        status=r.choice(b.get("status"), join(where, "status"), BLOCKER_STATUSES, "open"),
+        resolved_at=r.when(b.get("resolved_at"), join(where, "resolved_at")),
+        resolution=r.text(b.get("resolution"), join(where, "resolution")),
+        task_id=r.text(b.get("task_id"), join(where, "task_id")) or None,
+    )
 
 
 def _decision(r: Reader, raw: Any, where: str, i: int) -> Decision:
     d = r.obj(raw, where)
-    try:
-        return Decision(
-            id=r.text(d.get("id"), join(where, "id")) or f"D{i + 1:04d}",
-            at=r.when(d.get("timestamp"), join(where, "timestamp")),
-            question=r.text(d.get("question"), join(where, "question")),
-            title=r.required_text(d.get("decision") or d.get("title"), join(where, "decision")),
-            rationale=r.text(d.get("rationale"), join(where, "rationale")),
-            by=r.text(d.get("by"), join(where, "by")) or "agent",
-            blocker_id=r.text(d.get("blocker_id"), join(where, "blocker_id")) or None,
-        )
-    except ValidationError as err:
-        raise first_error(err, where) from None
+    return make(
+        Decision, where,
+        id=r.text(d.get("id"), join(where, "id")) or f"D{i + 1:04d}",
+        at=r.when(d.get("timestamp"), join(where, "timestamp")),
+        question=r.text(d.get("question"), join(where, "question")),
+        title=r.required_text(d.get("decision") or d.get("title"), join(where, "decision")),
+        rationale=r.text(d.get("rationale"), join(where, "rationale")),
+        by=r.text(d.get("by"), join(where, "by")) or "agent",
+        blocker_id=r.text(d.get("blocker_id"), join(where, "blocker_id")) or None,
+    )
 
 
 def _health(r: Reader, raw: Any) -> SeedHealth | None:

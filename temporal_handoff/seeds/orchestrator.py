@@ -28,7 +28,7 @@ from temporal_handoff.schemas.project import (
     Task,
     TaskStatus,
 )
-from temporal_handoff.seeds._fields import Reader, SeedError, env_text, join
+from temporal_handoff.seeds._fields import Reader, SeedError, env_text, join, read_with
 from temporal_handoff.seeds._plan import build_state, check_links, read_task
 
 FORMAT = "orchestrator"
@@ -50,24 +50,14 @@ def looks_like(data: Any) -> bool:
 def from_orchestrator(data: Any, warnings: list[str] | None = None) -> ProjectState:
     """Import an orchestrator state file as published (or a documented variant).
 
-    Args:
-        data: The parsed JSON.
-        warnings: Collects what was read leniently (placeholders, missing tasks).
-
-    Raises:
-        SeedError: malformed input; the message starts with the offending field's path.
+    `warnings` collects what was read leniently (a task named in `context` or a phase
+    but missing from `tasks`). A malformed file raises :class:`SeedError`, whose message
+    starts with the offending field's path.
     """
-    r = Reader()
-    try:
-        return _read(r, data)
-    finally:
-        if warnings is not None:
-            warnings.extend(r.warnings)
+    return read_with(_read, data, warnings)
 
 
-def _read(r: Reader, data: Any) -> ProjectState:
-    if not isinstance(data, dict):
-        raise SeedError("file", f"expected a JSON object, got {type(data).__name__}")
+def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
     meta = r.obj(data.get("metadata"), "metadata")
     ctx = r.obj(data.get("context"), "context")
     dag = r.obj(data.get("dag"), "dag")
