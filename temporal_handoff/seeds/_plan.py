@@ -81,3 +81,16 @@ def build_state(fields: dict[str, Any]) -> ProjectState:
         return ProjectState(**fields)
     except ValidationError as err:
         raise first_error(err) from None
+
+
+def task_extras(task: Task) -> dict[str, Any]:
+    """What a written task carries beyond the published fields, when not the default
+    (the importers read these back)."""
+    extras: dict[str, Any] = {}
+    if task.summary:
+        extras["summary"] = task.summary
+    if task.error:
+        extras["error"] = task.error
+    if task.estimate_h != 1.0:
+        extras["estimate_h"] = task.estimate_h
+    return extras

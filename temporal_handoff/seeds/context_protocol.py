@@ -33,7 +33,13 @@ from temporal_handoff.schemas.project import (
     TaskStatus,
 )
 from temporal_handoff.seeds._fields import Reader, SeedError, join, make, read_with
-from temporal_handoff.seeds._plan import TASK_STATUSES, build_state, check_links, read_task
+from temporal_handoff.seeds._plan import (
+    TASK_STATUSES,
+    build_state,
+    check_links,
+    read_task,
+    task_extras,
+)
 from temporal_handoff.seeds.orchestrator import environment_out, iso
 
 FORMAT = "state-json"
@@ -419,17 +425,11 @@ def to_state_json(
 
 
 def _task_out(task: Task) -> dict[str, Any]:
-    item: dict[str, Any] = {
+    return {
         "id": task.id,
         "name": task.title,
         "phase": task.phase,
         "status": task.status.value,
         "dependencies": list(task.depends_on),
+        **task_extras(task),
     }
-    if task.summary:
-        item["summary"] = task.summary
-    if task.error:
-        item["error"] = task.error
-    if task.estimate_h != 1.0:
-        item["estimate_h"] = task.estimate_h
-    return item

@@ -29,7 +29,7 @@ from temporal_handoff.schemas.project import (
     TaskStatus,
 )
 from temporal_handoff.seeds._fields import Reader, SeedError, env_text, join, read_with
-from temporal_handoff.seeds._plan import build_state, check_links, read_task
+from temporal_handoff.seeds._plan import build_state, check_links, read_task, task_extras
 
 FORMAT = "orchestrator"
 STATE_FILE = ".orchestrator_state.json"
@@ -186,13 +186,7 @@ def to_orchestrator_state(
         }
         if task.phase and task.phase not in {p.id for p in state.phases}:
             item["phase"] = task.phase
-        if task.summary:
-            item["summary"] = task.summary
-        if task.error:
-            item["error"] = task.error
-        if task.estimate_h != 1.0:
-            item["estimate_h"] = task.estimate_h
-        tasks[task.id] = item
+        tasks[task.id] = item | task_extras(task)
     context: dict[str, Any] = {"current_phase": state.current_phase}
     for key, status in _CONTEXT_LISTS.items():
         context[key] = [t.id for t in state.tasks.values() if t.status == status]
