@@ -233,6 +233,8 @@ def _orch(**tasks: Any) -> str:
         ('{"project": "p", "health": {"sessions_count": -1}}', "auto",
          "health.sessions_count: expected a number ≥ 0"),
         ('{"name": "p", "colour": 1}', "auto", "colour: Extra inputs are not permitted"),
+        (json.dumps({"metadata": {}, "context": {"active_tasks": ["t" * 200]}}), "auto",
+         "context.active_tasks.id: String should have at most 128 characters"),
         ("[]", "orchestrator", "file: expected a JSON object, got list"),
         ("{}", "yaml", "format: unknown format 'yaml'"),
     ],

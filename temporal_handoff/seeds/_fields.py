@@ -211,6 +211,8 @@ def read_with(
     r = Reader()
     try:
         return read(r, data)
+    except ValidationError as err:  # a model's own check not wrapped by `make`
+        raise first_error(err) from None
     finally:
         if warnings is not None:
             warnings.extend(r.warnings)

@@ -217,7 +217,7 @@ def _roadmap(r: Reader, raw: Any) -> tuple[list[Phase], list[Step]]:
     steps: list[Step] = []
     for pid, raw_ph, where in r.items(raw, "phases"):
         ph = r.obj(raw_ph, where)
-        phases.append(Phase(id=pid, name=r.text(ph.get("name"), join(where, "name")) or pid))
+        phases.append(make(Phase, where, id=pid, name=r.text(ph.get("name"), join(where, "name")) or pid))
         for sid, raw_st, swhere in _step_items(r, ph.get("steps"), join(where, "steps")):
             st = raw_st if isinstance(raw_st, dict) else {"description": raw_st}
             title = r.text(
@@ -258,7 +258,7 @@ def _steps_as_tasks(
     prev: str | None = None
     for pid, sid, title, status in steps:
         if pid not in known:
-            phases.append(Phase(id=pid, name=f"Phase {pid}"))
+            phases.append(make(Phase, "progress.current_phase", id=pid, name=f"Phase {pid}"))
             known.add(pid)
         tid = f"{pid}.{sid}"
         if tid in tasks:
@@ -268,7 +268,8 @@ def _steps_as_tasks(
             status = status or "completed"
         elif (pid, sid) == (cur_phase, cur_step):
             status = status or step_status
-        tasks[tid] = Task(
+        tasks[tid] = make(
+            Task, "phases",
             id=tid,
             title=title or (record.description if record else "") or f"Phase {pid}, step {sid}",
             phase=pid,

@@ -28,7 +28,7 @@ from temporal_handoff.schemas.project import (
     Task,
     TaskStatus,
 )
-from temporal_handoff.seeds._fields import Reader, SeedError, env_text, join, read_with
+from temporal_handoff.seeds._fields import Reader, SeedError, env_text, join, make, read_with
 from temporal_handoff.seeds._plan import build_state, check_links, read_task, task_extras
 
 FORMAT = "orchestrator"
@@ -66,7 +66,7 @@ def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
     phase_of: dict[str, str] = {}
     for pid, raw, where in r.items(dag.get("phases"), "dag.phases"):
         ph = r.obj(raw, where)
-        phases.append(Phase(id=pid, name=r.text(ph.get("name"), join(where, "name")) or pid))
+        phases.append(make(Phase, where, id=pid, name=r.text(ph.get("name"), join(where, "name")) or pid))
         for tid in r.ids(ph.get("tasks"), join(where, "tasks")):
             if tid in phase_of and phase_of[tid] != pid:
                 raise SeedError(join(where, "tasks"), f"{tid!r} is also in phase {phase_of[tid]!r}")
@@ -91,7 +91,7 @@ def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
             listed_task = tasks.get(tid)
             if listed_task is None:
                 r.warnings.append(f"{field}: {tid!r} is not in tasks; imported with no name")
-                tasks[tid] = Task(id=tid, phase=phase_of.get(tid, ""), status=status)
+                tasks[tid] = make(Task, field, id=tid, phase=phase_of.get(tid, ""), status=status)
                 dependents[tid], paths[tid] = None, field
             elif listed_task.status not in (TaskStatus.PENDING, status):
                 raise SeedError(
@@ -102,7 +102,7 @@ def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
     for tid, pid in phase_of.items():
         if tid not in tasks:
             r.warnings.append(f"dag.phases.{pid}.tasks: {tid!r} is not in tasks; imported with no name")
-            tasks[tid] = Task(id=tid, phase=pid)
+            tasks[tid] = make(Task, f"dag.phases.{pid}.tasks", id=tid, phase=pid)
             dependents[tid], paths[tid] = None, f"dag.phases.{pid}.tasks"
     check_links(tasks, dependents, paths)
 
