@@ -230,6 +230,8 @@ def _orch(**tasks: Any) -> str:
         ('{"project": "p", "completed_milestones": [{"description": "d", "completed_at": "soon"}]}',
          "auto", "completed_milestones[0].completed_at: expected an ISO 8601 time, got 'soon'"),
         ('{"project": ["p"]}', "state-json", "project: expected text, got a list"),
+        ('{"project": "p", "blockers": [{"id": "B1", "description": "a"}, '
+         '{"id": "B1", "description": "b"}]}', "auto", "blockers[1].id: duplicate id 'B1'"),
         ('{"project": "p", "health": {"sessions_count": -1}}', "auto",
          "health.sessions_count: expected a number ≥ 0"),
         ('{"name": "p", "colour": 1}', "auto", "colour: Extra inputs are not permitted"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from temporal_handoff.schemas.project import (
     DONE_STATUSES,
@@ -42,6 +42,7 @@ from temporal_handoff.seeds._plan import (
 )
 from temporal_handoff.seeds.orchestrator import environment_out, iso
 
+B = TypeVar("B", Blocker, Decision)
 FORMAT = "state-json"
 STATE_FILE = "state.json"
 
@@ -116,9 +117,9 @@ def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
     env, structured = r.environment(data.get("environment"), "environment")
     return build_state(
         {
-            "name": _name(r, data.get("project")),
+            "name": _name(r, data.get("project", progress.get("project"))),
             "version": r.text(data.get("version"), "version"),
-            "goal": r.text(data.get("goal"), "goal"),
+            "goal": r.text(data.get("goal", progress.get("goal")), "goal"),
             "original_request": r.text(data.get("request"), "request"),
             "phases": phases,
             "tasks": tasks,
@@ -126,14 +127,14 @@ def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
             "current_step": cur_step or None,
             "milestones": milestones,
             "milestone_records": records,
-            "blockers": [
+            "blockers": _unique([
                 _blocker(r, raw, f"blockers[{i}]", i)
                 for i, raw in enumerate(r.seq(data.get("blockers"), "blockers"))
-            ],
-            "decisions": [
+            ], "blockers"),
+            "decisions": _unique([
                 _decision(r, raw, f"decisions[{i}]", i)
                 for i, raw in enumerate(r.seq(data.get("decisions"), "decisions"))
-            ],
+            ], "decisions"),
             "environment": env,
             "seed": SeedInfo(
                 format=FORMAT,
@@ -144,6 +145,16 @@ def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
             ),
         }
     )
+
+
+def _unique(items: list[B], where: str) -> list[B]:
+    """Blockers and decisions are looked up by id: one id, one item."""
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if item.id in seen:
+            raise SeedError(f"{where}[{i}].id", f"duplicate id {item.id!r}")
+        seen.add(item.id)
+    return items
 
 
 def _name(r: Reader, value: Any) -> str:
