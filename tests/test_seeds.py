@@ -237,6 +237,8 @@ def _orch(**tasks: Any) -> str:
         ('{"name": "p", "colour": 1}', "auto", "colour: Extra inputs are not permitted"),
         (json.dumps({"metadata": {}, "context": {"active_tasks": ["t" * 200]}}), "auto",
          "context.active_tasks.id: String should have at most 128 characters"),
+        ('{"dag": {"phases": [{"id": "p1"}, {"id": "p1"}]}}', "auto",
+         "dag.phases[1]: duplicate phase id 'p1'"),
         ("[]", "orchestrator", "file: expected a JSON object, got list"),
         ("{}", "yaml", "format: unknown format 'yaml'"),
     ],

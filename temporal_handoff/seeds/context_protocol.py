@@ -228,6 +228,8 @@ def _roadmap(r: Reader, raw: Any) -> tuple[list[Phase], list[Step]]:
     steps: list[Step] = []
     for pid, raw_ph, where in r.items(raw, "phases"):
         ph = r.obj(raw_ph, where)
+        if any(p.id == pid for p in phases):
+            raise SeedError(where, f"duplicate phase id {pid!r}")
         phases.append(make(Phase, where, id=pid, name=r.text(ph.get("name"), join(where, "name")) or pid))
         for sid, raw_st, swhere in _step_items(r, ph.get("steps"), join(where, "steps")):
             st = raw_st if isinstance(raw_st, dict) else {"description": raw_st}

@@ -66,6 +66,8 @@ def _read(r: Reader, data: dict[str, Any]) -> ProjectState:
     phase_of: dict[str, str] = {}
     for pid, raw, where in r.items(dag.get("phases"), "dag.phases"):
         ph = r.obj(raw, where)
+        if any(p.id == pid for p in phases):
+            raise SeedError(where, f"duplicate phase id {pid!r}")
         phases.append(make(Phase, where, id=pid, name=r.text(ph.get("name"), join(where, "name")) or pid))
         for tid in r.ids(ph.get("tasks"), join(where, "tasks")):
             if tid in phase_of and phase_of[tid] != pid:
