@@ -7,16 +7,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from temporal_handoff.activities.tokenizer import count_tokens
+from temporal_handoff.documents.build import build_document
+from temporal_handoff.documents.render import default_budgets, render_prompt
 from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.config import CompressionLevel
-from temporal_handoff.schemas.handoff import (
-    PAYLOAD_TOO_LARGE,
-    HandoffContext,
-    HandoffPayload,
-    build_document,
-    default_budgets,
-    render_prompt,
-)
+from temporal_handoff.schemas.handoff import PAYLOAD_TOO_LARGE, HandoffContext, HandoffPayload
 from temporal_handoff.schemas.project import ProjectState
 
 __all__ = ["BuildHandoffInput", "build_handoff", "render_payload", "PAYLOAD_TOO_LARGE"]
