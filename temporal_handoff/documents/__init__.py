@@ -2,6 +2,7 @@
 
 - `build` — project state → :class:`HandoffDocument`.
 - `render` — document → continuation prompt under a level's token budget.
+- `probe` — is every critical item of the document in its rendered prompt?
 - `markdown` — document → markdown for people.
 - `lines` — the line formatters `render` and `markdown` share.
 """

@@ -396,15 +396,23 @@ class HandoffPayload(DurableModel):
     """Items per section left out of the prompt (replaced by a recall pointer)."""
     summary_line: str = ""
     """`summary()` of the document, kept when the document is dropped."""
+    probes: int = 0
+    """Critical items probed in `prompt` (`documents.probe`); 0: not probed (older payload)."""
+    probe_missed: int = 0
+    """Critical items still missing from `prompt` after escalating to the top level."""
+    probe_misses: list[str] = Field(default_factory=list)
+    """One label per missed item (ids and part names only; at most 50, the last one
+    counting the rest); empty when every probe found its item."""
 
     def summary(self) -> str:
         """One line: the document summary plus how the prompt was packed."""
         if self.document is None:
             return self.summary_line
         esc = f", escalated from {self.requested_level.value}" if self.escalated else ""
+        miss = f" · {self.probe_missed} probe miss(es)" if self.probe_missed else ""
         return (
             f"{self.document.summary()} · prompt {self.prompt_tokens}/{self.budget} tokens "
-            f"({self.level.value}{esc})"
+            f"({self.level.value}{esc}){miss}"
         )
 
     def seed(self) -> HandoffPayload:
