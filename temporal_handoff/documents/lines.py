@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from temporal_handoff.human_text import quote_inline
 from temporal_handoff.schemas.handoff import (
     AlternativeItem,
     BlockerItem,
@@ -20,6 +21,7 @@ from temporal_handoff.schemas.handoff import (
     Progress,
     TaskItem,
 )
+from temporal_handoff.schemas.project import BlockerType
 
 # A stray "Next eligible tasks:" inside user text would be read as the eligible
 # list by the agent, so it is defused everywhere except the one real line.
@@ -40,6 +42,23 @@ def clip(text: str, n: int, recall: str | None = None) -> str:
         return text
     cut = text[: max(0, n - 1)].rstrip() + "…"
     return cut + (f" [clipped; full text via recall {recall}]" if recall else "")
+
+
+def _cut(text: str, n: int) -> tuple[str, bool]:
+    text = clean(text)
+    if len(text) <= n:
+        return text, False
+    return text[: max(0, n - 1)].rstrip() + "…", True
+
+
+def quoted_clip(
+    text: str, n: int, recall: str | None = None, kind: str = "human_message", **attrs: str
+) -> str:
+    """Human text, cleaned and shortened to `n` chars like :func:`clip`, inside an
+    escaped block (`human_text`); the clip note stays outside, it is ours."""
+    body, cut = _cut(text, n)
+    note = f" [clipped; full text via recall {recall}]" if cut and recall else ""
+    return quote_inline(body, kind, **attrs) + note
 
 
 def duration(seconds: float) -> str:
@@ -112,18 +131,33 @@ def blocker_line(b: BlockerItem, n: int) -> str:
 
 
 def resolved_line(b: BlockerItem, n: int) -> str:
-    res = f": {clip(b.resolution, n, 'blockers')}" if n and b.resolution else ""
+    # A human_decision blocker is resolved by a person's decision (or deferred).
+    human = b.type == BlockerType.HUMAN_DECISION
+    text = (
+        quoted_clip(b.resolution, n, "blockers", "human_decision")
+        if human
+        else clip(b.resolution, n, "blockers")
+    )
+    res = f": {text}" if n and b.resolution else ""
     return f"- `{b.id}` on `{b.task_id}` is resolved (do not raise it again){res}"
 
 
 def decision_line(d: DecisionItem, n: int) -> str:
-    who = f" ({clip(d.by, 60)})" if d.human else ""
+    who = f" ({clip(d.by, 60)})" if d.human and not n else ""  # else in the block
     res = f" (resolves `{d.blocker_id}`)" if d.blocker_id else ""
     line = f"- `{d.id}`{who}{res}"
-    if n:
-        line += f": {clip(d.title, n, 'decisions' if d.human else None)}"
+    if n and d.human:
+        # The person's words, in one quoted block: never read as a control line.
+        said, cut = _cut(d.title, n)
         if d.rationale and n > 60:
-            line += f" — {clip(d.rationale, n, 'decisions' if d.human else None)}"
+            why, cut_why = _cut(d.rationale, n)
+            said, cut = f"{said} — {why}", cut or cut_why
+        note = " [clipped; full text via recall decisions]" if cut else ""
+        line += ": " + quote_inline(said, "human_decision", by=d.by) + note
+    elif n:
+        line += f": {clip(d.title, n)}"
+        if d.rationale and n > 60:
+            line += f" — {clip(d.rationale, n)}"
     return line
 
 

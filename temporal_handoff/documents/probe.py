@@ -11,7 +11,8 @@ successor will read still holds what must never be lost:
   is not done and its dependencies are),
 
 A text "is there" when its first :data:`PROBE_TEXT_CHARS` characters are, as the
-renderer writes them (:func:`documents.lines.clean`): the minimal level shows that
+renderer writes them (:func:`documents.lines.clean`, escaped if a person wrote them):
+the minimal level shows that
 much of every critical text, and the rest of a longer text is one `recall` away (the
 clipped line says so). Pure (stdlib only): `build_handoff` runs the probes on every
 render, escalates the level on a miss and records what is still missing.
@@ -23,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from temporal_handoff.documents.lines import clean
+from temporal_handoff.human_text import escape
 from temporal_handoff.schemas.handoff import HandoffDocument
 
 __all__ = ["PROBE_TEXT_CHARS", "Probe", "derive_probes", "find_misses", "miss_labels"]
@@ -63,14 +65,16 @@ class Probe:
         return f"{self.kind} `{self.item}`: {', '.join(parts)} missing"
 
 
-def _text(text: str) -> str:
-    """The start of `text` as the renderer writes it (cleaned; a clip keeps it whole)."""
-    return clean(text)[:PROBE_TEXT_CHARS].rstrip()
+def _text(text: str, human: bool = False) -> str:
+    """The start of `text` as the renderer writes it: cleaned, and escaped if a person
+    wrote it (`human_text`); a clip to at least this many characters keeps it whole."""
+    start = clean(text)[:PROBE_TEXT_CHARS].rstrip()
+    return escape(start) if human else start
 
 
-def _probe(kind: str, item: str, **texts: str) -> Probe:
+def _probe(kind: str, item: str, human: bool = False, **texts: str) -> Probe:
     needles = [("id", f"`{item}`")]
-    needles += [(part, _text(t)) for part, t in texts.items() if _text(t)]
+    needles += [(part, _text(t, human)) for part, t in texts.items() if _text(t)]
     return Probe(kind=kind, item=item, needles=tuple(needles))
 
 
@@ -81,7 +85,7 @@ def derive_probes(doc: HandoffDocument) -> list[Probe]:
         out.append(_probe("phase", doc.progress.current_phase))
     out += [_probe("open blocker", b.id) for b in doc.open_blockers]
     out += [
-        _probe("human decision", d.id, text=d.title, rationale=d.rationale)
+        _probe("human decision", d.id, human=True, text=d.title, rationale=d.rationale)
         for d in doc.human_decisions
     ]
     out += [_probe("failed task", f.id, error=f.error) for f in doc.failed_tasks]

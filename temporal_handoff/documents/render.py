@@ -36,6 +36,7 @@ from temporal_handoff.documents.lines import (
     lookup_lines,
     next_eligible_line,
     progress_line,
+    quoted_clip,
     resolved_line,
     task_line,
 )
@@ -386,7 +387,7 @@ def _sections(
             total=len(delta),
             recall="tasks",
         )
-    human = [f"- {clip(x, 2 * n)}" for x in reversed(doc.recent_human_input)]
+    human = [f"- {quoted_clip(x, 2 * n)}" for x in reversed(doc.recent_human_input)]
     add(
         "recent_human_input",
         "## Recent human input (newest first)",
