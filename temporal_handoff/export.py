@@ -22,6 +22,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from temporal_handoff.documents.markdown import to_markdown
 from temporal_handoff.schemas.handoff import HandoffPayload
 from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import SessionInput, SessionResult
@@ -160,6 +161,6 @@ async def export_session(client: Client, workflow_id: str, out_dir: Path) -> lis
     for gen, payload in (await handoff_payloads(client, workflow_id, runs)).items():
         path = summaries / f"{gen:03d}.md"
         assert payload.document is not None
-        _write(path, payload.document.to_markdown())
+        _write(path, to_markdown(payload.document))
         written.append(path)
     return written

@@ -40,7 +40,7 @@ def upsert(
     needs_human: bool | None = None,
     end_reason: TerminationReason | None = None,
 ) -> None:
-    """Memo (handoff summary, end reason) and the Agent* search attributes (if enabled).
+    """Memo (handoff summary, probe misses, end reason) and the Agent* search attributes.
 
     Args:
         needs_human: also set `NeedsHuman` (None: leave it out, as older runs did).
@@ -49,6 +49,10 @@ def upsert(
     memo: dict[str, str] = {}
     if payload is not None:
         memo["handoff_summary"] = payload.summary()
+        # Critical items the prompt lacks even at the top level (ids only), visible
+        # before the successor starts. Sessions recorded before replay without it.
+        if payload.probe_misses and workflow.patched("probe-misses-memo-1"):
+            memo["handoff_probe_misses"] = "; ".join(payload.probe_misses)
     if end_reason is not None:
         memo["end_reason"] = end_reason.value
     if memo:
