@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from temporal_handoff.documents.build import build_document
 from temporal_handoff.schemas.config import CompressionLevel
-from temporal_handoff.schemas.handoff import HandoffContext, build_document
+from temporal_handoff.schemas.handoff import HandoffContext
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import BlockerType, ProjectState, TaskStatus
 from temporal_handoff.schemas.state_events import StateEvent, apply_event

@@ -18,8 +18,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from temporal_handoff.documents.render import render_prompt
 from temporal_handoff.schemas.config import CompressionLevel
-from temporal_handoff.schemas.handoff import HandoffDocument, render_prompt
+from temporal_handoff.schemas.handoff import HandoffDocument
 from temporal_handoff.schemas.project import (
     HandoffRecord,
     Phase,

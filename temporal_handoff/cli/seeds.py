@@ -1,6 +1,6 @@
 """`handoff import`: what a seed file becomes, without starting anything.
 
-Registered on the `app` of :mod:`temporal_handoff.cli`. Reading the file is done here
+Registered on the `app` of :mod:`temporal_handoff.cli.common`. Reading the file is done here
 (the importers in :mod:`temporal_handoff.seeds` are pure); a malformed file is one
 line naming the file and the field, exit code 2.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from temporal_handoff.cli import CliError, app, fail
+from temporal_handoff.cli.common import CliError, app, fail
 from temporal_handoff.seeds import FORMATS, SeedError, SeedImport, read_seed
 from temporal_handoff.seeds.preview import preview, render_preview
 
