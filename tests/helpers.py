@@ -20,12 +20,15 @@ async def start_session(
     project: ProjectState,
     prefix: str = "session",
     task_timeout: timedelta | None = None,
+    paused: bool = False,
     **config: object,
 ) -> WorkflowHandle[object, SessionResult]:
-    """Start an `AgentSessionWorkflow` with a unique id."""
+    """Start an `AgentSessionWorkflow` with a unique id (`paused`: it waits for `resume`)."""
     return await client.start_workflow(
         "AgentSessionWorkflow",
-        SessionInput(config=SessionConfig(**config), project=project),  # type: ignore[arg-type]
+        SessionInput(
+            config=SessionConfig(**config), project=project, paused=paused  # type: ignore[arg-type]
+        ),
         id=f"{prefix}-{uuid.uuid4()}",
         task_queue=task_queue,
         result_type=SessionResult,

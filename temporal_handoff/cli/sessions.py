@@ -22,29 +22,19 @@ from temporal_handoff.cli.common import (
     fail,
     run,
 )
+from temporal_handoff.cli.seeds import load_seed_file
 from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.project import (
-    ProjectState,
-    from_orchestrator,
-    from_state_json,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import SessionInput
+from temporal_handoff.testing.synthetic import synthetic_project
 
 
 def _load_project(path: Path | None, tasks: int, phases: int) -> ProjectState:
+    """The synthetic project, or a seed file (one-line CliError naming file and field)."""
     if path is None:
         return synthetic_project(tasks, phases)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CliError(f"cannot read project file {path}: {err}") from None
-    if "tasks" in data and ("dag" in data or "metadata" in data):
-        return from_orchestrator(data)
-    if "progress" in data or "completed_milestones" in data:
-        return from_state_json(data)
-    return validate_human(ProjectState, data)
+    return load_seed_file(path).state
 
 
 @app.command()
@@ -77,6 +67,13 @@ def start(
         fail("invalid config: expected a JSON object")
     if wait and not resume_from:
         fail("--wait needs --resume-from")
+    # A bad project file is reported before anything connects.
+    seeded: ProjectState | None = None
+    if not resume_from:
+        try:
+            seeded = _load_project(project, tasks, phases)
+        except CliError as err:
+            fail(str(err), err.code)
 
     async def go() -> None:
         from temporal_handoff.resume import ResumeError, resume_session
@@ -91,7 +88,8 @@ def start(
             inp = resumed.input
             err_console.print(resumed.note, highlight=False, markup=False)
         else:
-            inp = SessionInput(config=cfg, project=_load_project(project, tasks, phases))
+            assert seeded is not None
+            inp = SessionInput(config=cfg, project=seeded)
         wid = workflow_id or f"session-{uuid.uuid4().hex[:12]}"
         with _already_started(wid):
             await client.start_workflow(

@@ -58,8 +58,8 @@ def upsert(
     needs_human: bool | None = None,
     end_reason: TerminationReason | None = None,
 ) -> None:
-    """Memo (handoff summary, its payload's tokens and level, end reason) and the Agent*
-    search attributes (if enabled).
+    """Memo (handoff summary, its payload's tokens and level, probe misses, end reason)
+    and the Agent* search attributes (if enabled).
 
     Args:
         needs_human: also set `NeedsHuman` (None: leave it out, as older runs did).
@@ -71,6 +71,10 @@ def upsert(
         if workflow.patched(RUN_SUMMARY_PATCH):
             memo["handoff_tokens"] = payload.prompt_tokens
             memo["handoff_level"] = payload.level.value
+        # Critical items the prompt lacks even at the top level (ids only), visible
+        # before the successor starts. Sessions recorded before replay without it.
+        if payload.probe_misses and workflow.patched("probe-misses-memo-1"):
+            memo["handoff_probe_misses"] = "; ".join(payload.probe_misses)
     if end_reason is not None:
         memo["end_reason"] = end_reason.value
     if memo:
