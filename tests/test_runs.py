@@ -138,10 +138,13 @@ async def test_store_takes_conversations_and_leaves_handoff_documents_inline(
     assert any(map(is_store_reference, conversations))
     inline = [p for p in conversations if not is_store_reference(p)]
     assert all(p.ByteSize() < DEFAULT_THRESHOLD_BYTES for p in inline)  # too small to store
-    # The memo: the last handoff's summary, its payload's token count and level.
+    # The memo: the last handoff's summary, its payload's token count, level and probe.
     memo = await (await client.get_workflow_handle(wid).describe()).memo()
     if result.final_handoff is not None:
         payloads[result.final_handoff.summary()] = result.final_handoff
     last = payloads[memo["handoff_summary"]]
     assert memo["handoff_tokens"] == last.prompt_tokens > 0
     assert memo["handoff_level"] == last.level.value
+    assert last.probes > 0
+    found = last.probes - last.probe_missed
+    assert memo["handoff_probe"] == f"{found}/{last.probes} critical items in the prompt"

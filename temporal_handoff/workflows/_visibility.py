@@ -33,6 +33,12 @@ def summary_line(state: ProjectState, generation: int) -> str:
     return f"agent session: {state.name} · generation {generation}"
 
 
+def probe_result(payload: HandoffPayload) -> str:
+    """`found/probed critical items in the prompt` for the memo."""
+    found = payload.probes - payload.probe_missed
+    return f"{found}/{payload.probes} critical items in the prompt"
+
+
 def set_details(
     generation: int, turn: int, lifecycle: LifecycleState, ledger: TokenLedger, state: ProjectState
 ) -> None:
@@ -75,6 +81,9 @@ def upsert(
         # before the successor starts. Sessions recorded before replay without it.
         if payload.probe_misses and workflow.patched("probe-misses-memo-1"):
             memo["handoff_probe_misses"] = "; ".join(payload.probe_misses)
+        # The probe's result in one line, misses or not (0 probes: an older payload).
+        if payload.probes and workflow.patched("probe-result-memo-1"):
+            memo["handoff_probe"] = probe_result(payload)
     if end_reason is not None:
         memo["end_reason"] = end_reason.value
     if memo:
