@@ -31,6 +31,7 @@ from pydantic import Field, field_validator
 
 from temporal_handoff.schemas.base import DurableModel, validate_human
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
+from temporal_handoff.schemas.estimator import approx_tokens
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import (
     DONE_STATUSES,
@@ -106,14 +107,6 @@ HUMAN_TEXT_CAP_CHARS = _TEXT_CAP
 def default_budgets() -> dict[CompressionLevel, int]:
     """The default token budget per level (minimal 500, standard 1,200, full 2,000)."""
     return {CompressionLevel(k): v for k, v in DEFAULT_LEVEL_BUDGETS.items()}
-
-
-def approx_tokens(text: str) -> int:
-    """A tokenizer-free upper-ish estimate (≈ 3.5 characters per token).
-
-    For pure contexts (workflow code, quick tests); the activity uses tiktoken.
-    """
-    return math.ceil(len(text) / 3.5) if text else 0
 
 
 # ---- context ----------------------------------------------------------------------
