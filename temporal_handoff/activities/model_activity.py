@@ -20,8 +20,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from temporal_handoff.activities.cache_breakpoints import with_conversation_breakpoints
-from temporal_handoff.activities.tokenizer import count_tokens
-from temporal_handoff.schemas.estimator import NewContent, counted_fits, preflight
+from temporal_handoff.activities.tokenizer import count_tokens, dense_tokens
+from temporal_handoff.schemas.estimator import (
+    DENSE_CHARS_PER_TOKEN,
+    NewContent,
+    counted_fits,
+    preflight,
+)
 from temporal_handoff.schemas.model_io import (
     BilledAnswers,
     ModelInfoRequest,
@@ -198,6 +203,7 @@ class ModelActivities:
         raw_new = count_tokens(new_text)
         new = NewContent(
             tokens=raw_new,
+            dense_tokens=dense_tokens(new_text, DENSE_CHARS_PER_TOKEN) if req.fit else 0,
             chars=len(new_text),
             messages=len(req.messages) - req.new_from_index,
             whole=req.new_from_index == 0,

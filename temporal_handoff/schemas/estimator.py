@@ -7,11 +7,13 @@ the tool definitions and the API's tool-use system prompt, and the tokenizer's r
 to tiktoken depends on the text (prose, code, JSON). So the estimate is a per-model
 fit, learned from every call's usage by least squares with a weak prior::
 
-    new tokens ≈ per_unit × units + per_message × messages + whole_prompt × [first call]
+    new tokens ≈ a × plain tokens + b × dense tokens + c × messages + d × [first call]
 
-``units`` are offline tiktoken tokens in activities (`TokenFit` with ``unit="tiktoken"``)
-and characters in workflow code, which may not run tiktoken (``unit="chars"``): the same
-fit, learned from the same calls, on two measures of the same text. Nothing here does
+In activities the units are offline tiktoken tokens, split by line density: lines with
+few characters per token (code, JSON, tables) are counted apart, since Claude's
+tokenizer departs from tiktoken most on them (`TokenFit` with ``unit="tiktoken"``).
+Workflow code may not run tiktoken: it uses the same kind of fit on characters
+(``unit="chars"``), learned from the same calls. Nothing here does
 I/O; it is plain arithmetic on numbers that activities measured, so workflow code may
 use it (the fit is part of the ledger, in history).
 
@@ -37,6 +39,7 @@ from temporal_handoff.schemas.base import DurableModel
 
 __all__ = [
     "COUNT_TOKENS_MARGIN",
+    "DENSE_CHARS_PER_TOKEN",
     "NEAR_LIMIT_FRACTION",
     "NEW_CONTENT_UNCERTAINTY",
     "ModelFit",
@@ -59,11 +62,12 @@ COUNT_TOKENS_MARGIN = 0.02
 """``count_tokens`` is itself an estimate ("may differ by a small amount"): a counted
 prompt is taken to be up to this much larger."""
 
-_PRIOR = {
-    # unit: (per_unit, per_message, whole_prompt) and the weight of each prior row.
-    # Weak: a few calls' worth of samples outweigh it.
-    "tiktoken": ((1.0, 4.0, 0.0), (1_000.0, 0.3, 0.1)),
-    "chars": ((0.25, 4.0, 0.0), (4_000.0, 0.3, 0.1)),
+_PRIOR: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    # unit: the prior coefficients and the weight of each prior row. Weak: a few
+    # calls' worth of samples outweigh it. tiktoken features: plain tokens, dense
+    # tokens, messages, whole prompt; chars features: chars, messages, whole prompt.
+    "tiktoken": ((1.0, 1.2, 4.0, 0.0), (100.0, 100.0, 0.3, 0.01)),
+    "chars": ((0.25, 4.0, 0.0), (400.0, 0.3, 0.01)),
 }
 
 
@@ -91,49 +95,74 @@ class NewContent(DurableModel):
 
     tokens: int = Field(default=0, ge=0)
     """Offline tiktoken count."""
+    dense_tokens: int = Field(default=0, ge=0)
+    """Of `tokens`, those on dense lines (fewer than `DENSE_CHARS_PER_TOKEN` characters
+    a token: code, JSON, tables), which Claude's tokenizer counts differently."""
     chars: int = Field(default=0, ge=0)
     messages: int = Field(default=0, ge=0)
     whole: bool = False
     """The whole prompt (first call of a context: system, tools and all messages)."""
 
+    def features(self, unit: str) -> tuple[float, ...]:
+        whole = 1.0 if self.whole else 0.0
+        if unit == "chars":
+            return (float(self.chars), float(self.messages), whole)
+        dense = min(self.dense_tokens, self.tokens)
+        return (float(self.tokens - dense), float(dense), float(self.messages), whole)
+
+
+DENSE_CHARS_PER_TOKEN = 3.8
+"""Lines with fewer characters per tiktoken token are dense (code, JSON, markup)."""
+
 
 class TokenFit(DurableModel):
-    """Least-squares fit of observed new tokens on (units, messages, whole prompt).
+    """Least-squares fit of observed new tokens on the content's features.
 
-    Sufficient statistics only (XᵀX and Xᵀy with the prior's rows added when solved),
-    so adding a sample is O(1) and the state stays 13 numbers.
+    Sufficient statistics only (XᵀX and Xᵀy; the prior's rows are added when solved),
+    so adding a sample is O(1) and the state stays a few dozen numbers.
     """
 
     unit: Literal["tiktoken", "chars"] = "tiktoken"
     samples: int = 0
-    xx: list[float] = Field(default_factory=lambda: [0.0] * 9)
-    xy: list[float] = Field(default_factory=lambda: [0.0] * 3)
+    xx: list[float] = Field(default_factory=list)
+    xy: list[float] = Field(default_factory=list)
 
-    def add(self, units: int, messages: int, whole: bool, observed: int) -> None:
-        x = (float(units), float(messages), 1.0 if whole else 0.0)
-        for i in range(3):
+    def _size(self) -> int:
+        return len(_PRIOR[self.unit][0])
+
+    def add_features(self, x: tuple[float, ...], observed: int) -> None:
+        n = self._size()
+        if len(self.xy) != n:
+            self.xx, self.xy = [0.0] * (n * n), [0.0] * n
+        for i in range(n):
             self.xy[i] += x[i] * observed
-            for j in range(3):
-                self.xx[3 * i + j] += x[i] * x[j]
+            for j in range(n):
+                self.xx[n * i + j] += x[i] * x[j]
         self.samples += 1
 
-    def coefficients(self) -> tuple[float, float, float]:
-        """(per_unit, per_message, whole_prompt): the fit with the prior's rows."""
+    def add(self, new: NewContent, observed: int) -> None:
+        self.add_features(new.features(self.unit), observed)
+
+    def coefficients(self) -> tuple[float, ...]:
+        """The fit's coefficients, with the prior's rows (prior alone before samples)."""
         prior, weight = _PRIOR[self.unit]
-        a = [self.xx[3 * i : 3 * i + 3] + [self.xy[i]] for i in range(3)]
-        for i in range(3):
+        n = len(prior)
+        xx = self.xx if len(self.xy) == n else [0.0] * (n * n)
+        xy = self.xy if len(self.xy) == n else [0.0] * n
+        a = [xx[n * i : n * i + n] + [xy[i]] for i in range(n)]
+        for i in range(n):
             # A prior row: x = weight·e_i, y = weight·prior_i.
             a[i][i] += weight[i] ** 2
-            a[i][3] += weight[i] ** 2 * prior[i]
-        solved = _solve3(a)
+            a[i][n] += weight[i] ** 2 * prior[i]
+        solved = _solve(a)
         return solved if solved is not None else prior
 
-    def tokens(self, units: int, messages: int = 0, whole: bool = False) -> int:
+    def tokens(self, new: NewContent) -> int:
         """Estimated tokens of new content (rounded up; never below zero)."""
-        if units <= 0 and messages <= 0:
+        x = new.features(self.unit)
+        if not any(x):
             return 0
-        per_unit, per_message, fixed = self.coefficients()
-        value = per_unit * units + per_message * messages + (fixed if whole else 0.0)
+        value = sum(c * v for c, v in zip(self.coefficients(), x, strict=True))
         return max(0, math.ceil(value - 1e-9))
 
 
@@ -145,16 +174,16 @@ class ModelFit(DurableModel):
 
     def add(self, new: NewContent, observed: int) -> None:
         """Teach both fits one call: `new` content turned out to be `observed` tokens."""
-        self.tiktoken.add(new.tokens, new.messages, new.whole, observed)
-        self.chars.add(new.chars, new.messages, new.whole, observed)
+        self.tiktoken.add(new, observed)
+        self.chars.add(new, observed)
 
     def estimate(self, new: NewContent) -> int:
-        """Tokens of `new` content from its tiktoken count."""
-        return self.tiktoken.tokens(new.tokens, new.messages, new.whole)
+        """Tokens of `new` content from its tiktoken counts."""
+        return self.tiktoken.tokens(new)
 
     def estimate_chars(self, chars: int, messages: int = 1) -> int:
         """Tokens of new content from its length alone (workflow code)."""
-        return self.chars.tokens(chars, messages)
+        return self.chars.tokens(NewContent(chars=chars, messages=messages))
 
 
 class Preflight(DurableModel):
@@ -196,17 +225,18 @@ def counted_fits(counted: int, limit: int) -> bool:
     return math.ceil(counted * (1 + COUNT_TOKENS_MARGIN)) <= limit
 
 
-def _solve3(a: list[list[float]]) -> tuple[float, float, float] | None:
-    """Gaussian elimination with partial pivoting on a 3×4 augmented matrix."""
+def _solve(a: list[list[float]]) -> tuple[float, ...] | None:
+    """Gaussian elimination with partial pivoting on an n×(n+1) augmented matrix."""
     m = [row[:] for row in a]
-    for col in range(3):
-        pivot = max(range(col, 3), key=lambda r: abs(m[r][col]))
+    n = len(m)
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
         if abs(m[pivot][col]) < 1e-12:
             return None
         m[col], m[pivot] = m[pivot], m[col]
-        for r in range(3):
+        for r in range(n):
             if r != col:
                 f = m[r][col] / m[col][col]
-                for c in range(col, 4):
+                for c in range(col, n + 1):
                     m[r][c] -= f * m[col][c]
-    return (m[0][3] / m[0][0], m[1][3] / m[1][1], m[2][3] / m[2][2])
+    return tuple(m[i][n] / m[i][i] for i in range(n))

@@ -241,7 +241,10 @@ class TokenLedger(DurableModel):
     call, before any exact count: bucket i holds errors in [i, i+1) tenths of a percent,
     the last bucket everything from `ERROR_BUCKETS` tenths up."""
     exact_counts: int = 0
-    """Calls whose pre-flight asked the API for the exact count (near the limit)."""
+    """Pre-flights that asked the API for the exact count (near the limit)."""
+    uncalibrated_calls: int = 0
+    """Calls estimated before the model's fit had learned anything (not in
+    `preflight_errors`)."""
 
     # ---- derived ----------------------------------------------------------------
     @property
@@ -352,16 +355,20 @@ class TokenLedger(DurableModel):
         if estimated_new_tokens > 0 and prompt > self.occupancy:
             self.estimated_sum += estimated_new_tokens
             self.observed_sum += prompt - self.occupancy
+        calibrated = model in self.fits
         if new is not None and prompt > 0:
             observed = prompt if new.whole else prompt - self.occupancy
             if observed >= 0:
                 self.fits.setdefault(model, ModelFit()).add(new, observed)
         if estimated_prompt is not None and prompt > 0:
-            if not self.preflight_errors:
-                self.preflight_errors = [0] * (ERROR_BUCKETS + 1)
-            err = abs(estimated_prompt - prompt) / prompt
-            self.preflight_errors[min(ERROR_BUCKETS, int(err * 1000))] += 1
             self.exact_counts += 1 if exact_count else 0
+            if not calibrated:
+                self.uncalibrated_calls += 1
+            else:
+                if not self.preflight_errors:
+                    self.preflight_errors = [0] * (ERROR_BUCKETS + 1)
+                err = abs(estimated_prompt - prompt) / prompt
+                self.preflight_errors[min(ERROR_BUCKETS, int(err * 1000))] += 1
         self.occupancy = usage.total
         self.pending_estimate = 0
         self.last_prompt_tokens = prompt

@@ -101,6 +101,13 @@ def record_call(ledger: TokenLedger, model: str, resp: ModelResponse) -> None:
     )
 
 
+def record_refusal(ledger: TokenLedger, resp: ModelResponse) -> None:
+    """A pre-flight that refused the call (the session hands off): count its exact
+    count, if it asked for one (bookkeeping only)."""
+    if resp.counted_prompt_tokens is not None:
+        ledger.exact_counts += 1
+
+
 def appended_tokens(ledger: TokenLedger, model: str, message: dict[str, Any]) -> int:
     """Estimated tokens of a message appended after the last call (the lifecycle gauge
     until the next call measures it). No tiktoken here: the fit on characters."""

@@ -445,6 +445,7 @@ class AgentSessionWorkflow:
             if resp is None:  # interrupted, or the model is blocked on a human
                 continue
             if resp.preflight_refused:
+                turn_io.record_refusal(self._ledger, resp)
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
             turn_io.record_call(self._ledger, self._model, resp)
             book.health.model_calls += 1
