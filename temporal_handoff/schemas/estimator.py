@@ -31,6 +31,7 @@ call, a document rendered in pure code) live here too: `approx_tokens`, `rough_t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
@@ -186,8 +187,10 @@ class ModelFit(DurableModel):
         return self.chars.tokens(NewContent(chars=chars, messages=messages))
 
 
-class Preflight(DurableModel):
-    """What the estimate says about sending a prompt under `limit` tokens."""
+@dataclass(frozen=True)
+class Preflight:
+    """What the estimate says about sending a prompt under `limit` tokens (computed in
+    the activity, never stored)."""
 
     estimate: int
     """Known occupancy plus the fit's estimate of the new content."""
