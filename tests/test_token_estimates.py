@@ -14,6 +14,7 @@ from typing import Any
 
 import anthropic
 from temporalio.client import Client
+from temporalio.worker import Replayer
 
 from temporal_handoff.activities.tokenizer import count_tokens as tiktoken_count
 from temporal_handoff.schemas.estimator import NewContent, TokenFit, preflight
@@ -22,7 +23,7 @@ from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.testing import FakeAnthropicServer
 from temporal_handoff.testing.fake_tokens import TokenCounter
 from temporal_handoff.testing.reading import READ_FILE, ReadingBrain, file_text, read_file
-from temporal_handoff.workers.plugin import UserTool
+from temporal_handoff.workers.plugin import HandoffPlugin, UserTool
 from tests.conftest import running_worker
 from tests.helpers import start_session
 
@@ -178,6 +179,9 @@ async def test_preflight_hands_off_before_the_window(client: Client, task_queue:
                 user_tools=[READ_FILE],
             )
             result = await handle.result()
+            first = await client.get_workflow_handle(
+                handle.id, run_id=handle.first_execution_run_id
+            ).fetch_history()
         sent = fake.message_requests()
         counts = [r for r in fake.requests if r.path == "/v1/messages/count_tokens"]
     assert result.reason == TerminationReason.TASK_COMPLETED and result.generation >= 1
@@ -190,3 +194,13 @@ async def test_preflight_hands_off_before_the_window(client: Client, task_queue:
     assert counts and len(counts) < len(sent) / 4
     assert all(r.input_tokens is not None and r.input_tokens >= 0.9 * LIMIT for r in counts)
     assert result.ledger.exact_counts >= 1
+    # The new path (patch occupancy-fit-1, the refusal, the handoff) replays.
+    replay = await Replayer(workflows=[], plugins=[HandoffPlugin()]).replay_workflow(
+        first, raise_on_replay_failure=False
+    )
+    assert replay.replay_failure is None, replay.replay_failure
+    patches = [
+        p.data for e in first.events if e.HasField("marker_recorded_event_attributes")
+        for p in e.marker_recorded_event_attributes.details["patch-data"].payloads
+    ]
+    assert any(b'"occupancy-fit-1"' in p for p in patches), patches
