@@ -48,11 +48,11 @@ from _common import (
 
 from temporal_handoff.activities.tokenizer import count_tokens
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain, stable_hash
 from temporal_handoff.testing.brain import filler
 from temporal_handoff.testing.reading import KINDS, READ_FILE, ReadingBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 
 TARGET_ERROR = 0.03
 

@@ -17,12 +17,13 @@ from temporalio.service import RPCError
 
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import TaskStatus, synthetic_project
+from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import SessionInput, SessionResult, SessionStatus
 from temporal_handoff.testing import BrainReply, FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.brain import filler
 from temporal_handoff.testing.fake_tokens import TokenCounter
 from temporal_handoff.testing.reading import READ_FILE, ReadingBrain, read_file
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import UserTool
 from tests.conftest import running_worker
 from tests.waits import guarded

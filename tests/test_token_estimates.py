@@ -19,10 +19,10 @@ from temporalio.worker import Replayer
 from temporal_handoff.activities.tokenizer import count_tokens as tiktoken_count
 from temporal_handoff.schemas.estimator import NewContent, TokenFit, preflight
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.testing import FakeAnthropicServer
 from temporal_handoff.testing.fake_tokens import TokenCounter
 from temporal_handoff.testing.reading import READ_FILE, ReadingBrain, file_text, read_file
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin, UserTool
 from tests.conftest import running_worker
 from tests.helpers import start_session

@@ -33,9 +33,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin
 from temporal_handoff.workers.storage import external_storage
 
@@ -115,7 +115,9 @@ class Cluster:
         self._polling |= both[0] & both[1]
         return self._polling
 
-    async def wait_polling(self, *identities: str, timeout: float = 30.0) -> None:
+    async def wait_polling(self, *identities: str, timeout: float = 240.0) -> None:
+        """Until every worker polls; the bound only catches a worker that never starts
+        (an exited one fails at once), so it is generous for a loaded 2-core machine."""
         deadline = time.monotonic() + timeout
         while not set(identities) <= (seen := await self.pollers()):
             for i in identities:

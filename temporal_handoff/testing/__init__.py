@@ -32,6 +32,7 @@ from temporal_handoff.testing.fake_server import (
 )
 from temporal_handoff.testing.fake_tokens import TokenCounter
 from temporal_handoff.testing.reading import READ_FILE, ReadingBrain, read_file
+from temporal_handoff.testing.synthetic import synthetic_project
 
 __all__ = [
     "ALL_TASKS_COMPLETE",
@@ -51,4 +52,5 @@ __all__ = [
     "count_tokens",
     "read_file",
     "stable_hash",
+    "synthetic_project",
 ]

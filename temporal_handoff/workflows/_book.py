@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from temporal_handoff.schemas.project import EventError, ProjectState, StateEvent, apply_event
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import AbortArgs, Command, Health
+from temporal_handoff.schemas.state_events import EventError, StateEvent, apply_event
 
 REMEMBERED_UPDATES = 200
 REMEMBERED_REJECTIONS = 20
@@ -40,6 +41,9 @@ class SessionBook:
     abort: AbortArgs | None = None
     pending_say: list[str] = field(default_factory=list)
     """Human text recorded in the state but not yet shown to the model."""
+    quote_human: bool = False
+    """Human text enters `pending_say` as delimited, escaped blocks (`human_text`);
+    set by the session (patch "quote-human-text-1")."""
     recent_human: list[str] = field(default_factory=list)
     inbox: list[Command] = field(default_factory=list)
     """Commands accepted while sealing, applied by the successor."""
