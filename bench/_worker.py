@@ -52,6 +52,8 @@ async def main() -> None:
     p.add_argument("--threshold", type=int, default=None)
     p.add_argument("--bare", action="store_true", help="also register BareModelLoop")
     p.add_argument("--max-concurrent", type=int, default=200)
+    p.add_argument("--read-file-tool", action="store_true",
+                   help="register the `read_file` user tool (testing.reading)")
     p.add_argument("--no-conversation-cache", action="store_true",
                    help="HandoffOptions(conversation_cache=False): cache only tools + system")
     args = p.parse_args()
@@ -63,7 +65,13 @@ async def main() -> None:
         storage = external_storage(args.storage_dir, **kw)  # type: ignore[arg-type]
     model = anthropic.AsyncAnthropic(base_url=args.base_url, api_key="bench", max_retries=0)
     options = HandoffOptions(conversation_cache=not args.no_conversation_cache)
-    plugin = HandoffPlugin(options, anthropic_client=model, storage=storage)
+    tools = []
+    if args.read_file_tool:
+        from temporal_handoff.testing.reading import READ_FILE, read_file
+        from temporal_handoff.workers.plugin import UserTool
+
+        tools.append(UserTool(spec=READ_FILE, fn=read_file))
+    plugin = HandoffPlugin(options, anthropic_client=model, storage=storage, tools=tools)
     client = await Client.connect(args.address, namespace=args.namespace, plugins=[plugin])
     workflows: list[type] = []
     if args.bare:

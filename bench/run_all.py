@@ -160,10 +160,15 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[list[str]]:
     k = r.get("tokens", {})
     if k:
         add("token estimate throughput", "reported", f"{k.get('mb_per_s')} MB/s", None)
-        add("estimate error before calibration", "", f"{100 * k.get('error_before', 0):.1f}%", None)
-        ea = k.get("error_after", 1.0)
-        add("estimate error after calibration", "≤ 3%", f"{100 * ea:.2f}%", ea <= 0.03,
-            f"p95 {100 * k.get('error_after_p95', 0):.2f}%")
+        for run in k.get("runs", []):
+            p95 = run.get("error_p95")
+            add(f"calibrated pre-flight error p95, {run.get('model')} "
+                f"({run.get('context_window', 0):,} window)", "≤ 3%",
+                "n/a" if p95 is None else f"{100 * p95:.1f}%",
+                p95 is not None and p95 <= 0.03,
+                f"{run.get('calls')} calls, {run.get('count_tokens_requests')} exact counts")
+            add(f"requests over the window, {run.get('model')}", "0",
+                str(run.get("requests_over_window")), run.get("requests_over_window") == 0)
     return rows
 
 

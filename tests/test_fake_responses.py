@@ -30,13 +30,14 @@ TOOLS: Any = [
     }
 ]
 ASK: Any = [{"role": "user", "content": "Next eligible tasks: `P1-T001`"}]
+WINDOW = 500  # holds the prompt (with the tool-use system prompt), not 4,096 more
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeAnthropicServer]:
     brain = ScriptedAgentBrain(decision_every=0, summary_words=60)
     with FakeAnthropicServer(
-        brain=brain, context_windows={NEW: 150, OLD: 150}, default_context_window=200_000
+        brain=brain, context_windows={NEW: WINDOW, OLD: WINDOW}, default_context_window=200_000
     ) as srv:
         yield srv
 
@@ -69,29 +70,46 @@ async def test_full_reply_is_not_cut(client: anthropic.AsyncAnthropic) -> None:
     assert set(use.input) == {"task_id", "summary"}  # type: ignore[arg-type]
 
 
+async def _one_param_budget(
+    client: anthropic.AsyncAnthropic, server: FakeAnthropicServer
+) -> int:
+    """An output limit that holds the reply's text and its tool call's first parameter,
+    not its second (measured with the server's own counter)."""
+    full = await client.messages.create(model="claude-sonnet-4-5", max_tokens=1024,
+                                        messages=ASK, tools=TOOLS)
+    text, use = (b.model_dump(exclude_none=True) for b in full.content)
+    cut = dict(use, input={"task_id": use["input"]["task_id"]})
+    server.reset_log()
+    return server.output_tokens([text, cut], "claude-sonnet-4-5") + 1
+
+
 async def test_json_reply_cut_inside_a_tool_input(
     client: anthropic.AsyncAnthropic, server: FakeAnthropicServer
 ) -> None:
-    msg = await client.messages.create(model="claude-sonnet-4-5", max_tokens=30, messages=ASK,
-                                       tools=TOOLS)
+    limit = await _one_param_budget(client, server)
+    msg = await client.messages.create(model="claude-sonnet-4-5", max_tokens=limit,
+                                       messages=ASK, tools=TOOLS)
     assert msg.stop_reason == "max_tokens"
-    assert msg.usage.output_tokens == 30
-    assert server.message_requests()[0].usage["output_tokens"] == 30  # type: ignore[index]
+    assert msg.usage.output_tokens == limit
+    assert server.message_requests()[0].usage["output_tokens"] == limit  # type: ignore[index]
     # The call looks well-formed; only the stop reason says the summary never came.
     (use,) = [b for b in msg.content if b.type == "tool_use"]
     assert use.input == {"task_id": "P1-T001"}
 
 
-async def test_stream_cut_inside_a_tool_input(client: anthropic.AsyncAnthropic) -> None:
+async def test_stream_cut_inside_a_tool_input(
+    client: anthropic.AsyncAnthropic, server: FakeAnthropicServer
+) -> None:
+    limit = await _one_param_budget(client, server)
     partial = ""
     async with client.messages.stream(
-        model="claude-sonnet-4-5", max_tokens=30, messages=ASK, tools=TOOLS
+        model="claude-sonnet-4-5", max_tokens=limit, messages=ASK, tools=TOOLS
     ) as stream:
         async for event in stream:
             if event.type == "input_json":
                 partial += event.partial_json
         msg = await stream.get_final_message()
-    assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 30
+    assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == limit
     assert partial == '{"task_id":"P1-T001"'  # stops mid-object: no closing brace
     with pytest.raises(json.JSONDecodeError):
         json.loads(partial)
@@ -100,11 +118,12 @@ async def test_stream_cut_inside_a_tool_input(client: anthropic.AsyncAnthropic) 
 
 
 async def test_text_cut_at_max_tokens(client: anthropic.AsyncAnthropic) -> None:
-    msg = await client.messages.create(model="claude-sonnet-4-5", max_tokens=3, messages=ASK,
+    msg = await client.messages.create(model="claude-sonnet-4-5", max_tokens=4, messages=ASK,
                                        tools=TOOLS)
-    assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 3
+    assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 4
     assert [b.type for b in msg.content] == ["text"]
-    assert msg.content[0].text == "Working on"  # type: ignore[union-attr]
+    text = msg.content[0].text  # type: ignore[union-attr]
+    assert text and "Working on `P1-T001`.".startswith(text) and len(text) < 20
 
 
 async def test_newer_model_stops_at_a_full_window(
@@ -113,7 +132,7 @@ async def test_newer_model_stops_at_a_full_window(
     msg = await client.messages.create(model=NEW, max_tokens=4096, messages=ASK, tools=TOOLS)
     prompt = msg.usage.input_tokens
     assert msg.stop_reason == "model_context_window_exceeded"
-    assert prompt + msg.usage.output_tokens == 150 and msg.usage.output_tokens > 0
+    assert prompt + msg.usage.output_tokens == WINDOW and msg.usage.output_tokens > 0
 
 
 async def test_older_model_rejects_prompt_plus_max_tokens_over_the_window(
@@ -124,7 +143,7 @@ async def test_older_model_rejects_prompt_plus_max_tokens_over_the_window(
     prompt = server.message_requests()[0].input_tokens
     assert info.value.type == "invalid_request_error"
     assert info.value.api_message == (
-        f"input length and `max_tokens` exceed context limit: {prompt} + 4096 > 150, "
+        f"input length and `max_tokens` exceed context limit: {prompt} + 4096 > {WINDOW}, "
         "decrease input length or `max_tokens` and try again"
     )
     ok = await client.messages.create(model=OLD, max_tokens=50, messages=ASK, tools=TOOLS)

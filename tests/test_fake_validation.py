@@ -164,7 +164,7 @@ def test_window_rules(client: anthropic.Anthropic, fake: FakeAnthropicServer) ->
     models without the overflow stop, accepted on those with it."""
     text = filler("window", 1_500)  # ~1,500+ tokens: fits the window, not with 2,000 more
     msgs: list[Any] = [{"role": "user", "content": text}]
-    prompt = client.messages.count_tokens(model=SMALL_OLD, messages=msgs).input_tokens
+    prompt = fake.prompt_tokens({"model": SMALL_OLD, "messages": msgs})  # what create counts
     assert prompt < SMALL_WINDOW < prompt + 2_000
     with pytest.raises(anthropic.BadRequestError) as caught:
         client.messages.create(model=SMALL_OLD, max_tokens=2_000, messages=msgs)

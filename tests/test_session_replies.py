@@ -21,7 +21,10 @@ from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import SessionInput, SessionResult, SessionStatus
 from temporal_handoff.testing import BrainReply, FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.brain import filler
+from temporal_handoff.testing.fake_tokens import TokenCounter
+from temporal_handoff.testing.reading import READ_FILE, ReadingBrain, read_file
 from temporal_handoff.testing.synthetic import synthetic_project
+from temporal_handoff.workers.plugin import UserTool
 from tests.conftest import running_worker
 from tests.waits import guarded
 
@@ -161,11 +164,25 @@ async def test_every_overflow_form_hands_off(client: Client, task_queue: str, fo
     """The session believes in a bigger window than the API has (a config override),
     so its pre-flight lets the prompt grow until the API itself says it is full. Which
     form comes first depends on the step sizes: long replies fill the window during a
-    reply (`model_context_window_exceeded`), short ones leave the tool results to
-    push the next prompt over it (`prompt is too long`)."""
+    reply (`model_context_window_exceeded`); a short reply whose tool result is a big
+    file pushes the next prompt over it (`prompt is too long`)."""
     n = 40
     words = 150 if form == "window_exceeded" else 40
-    brain = ScriptedAgentBrain(tasks_per_turn=2, decision_every=0, summary_words=words)
+    brain: Any = ScriptedAgentBrain(tasks_per_turn=2, decision_every=0, summary_words=words)
+    tools: list[UserTool] = []
+    extra: dict[str, Any] = {}
+    if form == "prompt_too_long":
+        counter = TokenCounter()
+
+        def plan(request: dict[str, Any]) -> tuple[str, int] | None:
+            # Once, in the first generation, past half the real window: a file that
+            # alone would fill it.
+            first = "Handoff from your previous generation" not in str(request.get("system"))
+            return ("prose", 4_000) if first and counter.prompt(request) > 2_500 else None
+
+        brain = ReadingBrain(plan, brain)
+        tools = [UserTool(spec=READ_FILE, fn=read_file)]
+        extra = {"user_tools": [READ_FILE]}
     if form == "too_large":
         fake = FakeAnthropicServer(brain=brain, max_request_bytes=24_000)
         config: dict[str, Any] = {}
@@ -181,8 +198,8 @@ async def test_every_overflow_form_hands_off(client: Client, task_queue: str, fo
         else:
             seen = _window_exceeded(5_000)
     with fake:
-        async with running_worker(client, task_queue, fake.base_url):
-            handle = await start(client, task_queue, n, max_tokens=1_500, **config)
+        async with running_worker(client, task_queue, fake.base_url, tools=tools):
+            handle = await start(client, task_queue, n, max_tokens=1_500, **config, **extra)
             result = await finished_without_blocker(client, handle, cap=180)
         reqs = fake.message_requests()
     assert_completed(result, n)

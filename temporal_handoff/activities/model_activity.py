@@ -20,7 +20,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from temporal_handoff.activities.cache_breakpoints import with_conversation_breakpoints
-from temporal_handoff.activities.tokenizer import count_tokens
+from temporal_handoff.activities.tokenizer import count_tokens, dense_tokens
+from temporal_handoff.schemas.estimator import (
+    DENSE_CHARS_PER_TOKEN,
+    NewContent,
+    counted_fits,
+    preflight,
+)
 from temporal_handoff.schemas.model_io import (
     BilledAnswers,
     ModelInfoRequest,
@@ -195,8 +201,20 @@ class ModelActivities:
         else:
             new_text = "\n".join(message_text(m) for m in req.messages[req.new_from_index :])
         raw_new = count_tokens(new_text)
-        estimate = req.known_occupancy + math.ceil(raw_new * req.calibration)
-        if req.preflight_limit is not None and estimate > req.preflight_limit:
+        new = NewContent(
+            tokens=raw_new,
+            dense_tokens=dense_tokens(new_text, DENSE_CHARS_PER_TOKEN) if req.fit else 0,
+            chars=len(new_text),
+            messages=len(req.messages) - req.new_from_index,
+            whole=req.new_from_index == 0,
+        )
+        counted: int | None = None
+        if req.fit is None:
+            estimate = req.known_occupancy + math.ceil(raw_new * req.calibration)
+            refused = req.preflight_limit is not None and estimate > req.preflight_limit
+        else:
+            estimate, counted, refused = await self._preflight(req, new)
+        if refused:
             return ModelResponse(
                 estimated_new_tokens=raw_new,
                 estimated_prompt_tokens=estimate,
@@ -204,6 +222,8 @@ class ModelActivities:
                 model=req.model,
                 lost_usage=billed.usage,
                 lost_answers=billed.answers,
+                new_content=new,
+                counted_prompt_tokens=counted,
             )
         kwargs: dict[str, Any] = {
             "model": req.model,
@@ -257,9 +277,35 @@ class ModelActivities:
             estimated_new_tokens=raw_new,
             estimated_prompt_tokens=estimate,
             streamed=streamed,
+            new_content=new,
+            counted_prompt_tokens=counted,
             lost_usage=billed.usage,
             lost_answers=billed.answers,
         )
+
+    async def _preflight(self, req: ModelRequest, new: NewContent) -> tuple[int, int | None, bool]:
+        """(estimate, exact count or None, refuse?) with the model's fit: decided from
+        the estimate unless the limit is within its uncertainty; then from the API's
+        `count_tokens` (if that fails, the estimate's upper bound decides)."""
+        assert req.fit is not None
+        new_estimate = req.fit.estimate(new)
+        estimate = req.known_occupancy + new_estimate
+        if req.preflight_limit is None:
+            return estimate, None, False
+        check = preflight(req.known_occupancy, new_estimate, req.preflight_limit)
+        if check.decision != "count":
+            return estimate, None, check.decision == "refuse"
+        kwargs: dict[str, Any] = {"model": req.model, "messages": wire_messages(req.messages)}
+        if req.system:
+            kwargs["system"] = req.system
+        if req.tools:
+            kwargs["tools"] = [t.wire() for t in req.tools]
+        try:
+            counted = (await self.client.messages.count_tokens(**kwargs)).input_tokens
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:
+            activity.logger.info("count_tokens unavailable (%s); deciding on the estimate", err)
+            return estimate, None, check.high > req.preflight_limit
+        return estimate, counted, not counted_fits(counted, req.preflight_limit)
 
     async def _heartbeating(
         self, call: Awaitable[T], so_far: list[BilledAnswers], events: list[int] | None = None

@@ -41,6 +41,7 @@ from temporal_handoff.documents.lines import (
     task_line,
 )
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
+from temporal_handoff.schemas.estimator import approx_tokens
 from temporal_handoff.schemas.handoff import (
     TEMPLATES,
     HandoffDocument,
@@ -58,14 +59,6 @@ LEVEL_ORDER = (CompressionLevel.MINIMAL, CompressionLevel.STANDARD, CompressionL
 def default_budgets() -> dict[CompressionLevel, int]:
     """The default token budget per level (minimal 500, standard 1,200, full 2,000)."""
     return {CompressionLevel(k): v for k, v in DEFAULT_LEVEL_BUDGETS.items()}
-
-
-def approx_tokens(text: str) -> int:
-    """A tokenizer-free upper-ish estimate (≈ 3.5 characters per token).
-
-    For pure contexts (workflow code, quick tests); the activity uses tiktoken.
-    """
-    return math.ceil(len(text) / 3.5) if text else 0
 
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from temporal_handoff.schemas.base import DurableModel
+from temporal_handoff.schemas.estimator import rough_tokens
 from temporal_handoff.schemas.model_io import ToolSpec
 from temporal_handoff.schemas.tokens import max_output_tokens
 from temporal_handoff.schemas.tools import state_tool_specs
@@ -154,7 +155,7 @@ class SessionConfig(DurableModel):
         tool definitions and the continuation prompt's budget (4 characters a token)."""
         tools = state_tool_specs() + list(self.user_tools)
         chars = len(self.system_prompt) + sum(len(json.dumps(t.wire())) for t in tools)
-        return chars // 4 + self.level_budgets[self.compression_level]
+        return rough_tokens(chars) + self.level_budgets[self.compression_level]
 
     def window_shortfall(self, window: int) -> str | None:
         """Why a window of `window` tokens cannot run this session, or None if it can.

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from temporal_handoff.schemas.base import DurableModel
+from temporal_handoff.schemas.estimator import ModelFit, NewContent
 from temporal_handoff.schemas.tokens import TokenUsage
 
 Message = dict[str, Any]
@@ -69,6 +70,9 @@ class ModelRequest(DurableModel):
     """Factor applied to tiktoken estimates, learned from observed usage."""
     preflight_limit: int | None = None
     """If the estimated prompt exceeds this many tokens, do not call the model."""
+    fit: ModelFit | None = None
+    """The model's occupancy fit (`estimator`); when set, it replaces `calibration`
+    and the API's exact count is asked for when the limit is near."""
     stream_threshold: int = 16_000
     """`max_tokens` above which the call streams (SSE) with heartbeats."""
 
@@ -86,6 +90,11 @@ class ModelResponse(DurableModel):
     """known_occupancy + calibrated estimate of the new content."""
     preflight_refused: bool = False
     """True when the estimate exceeded `preflight_limit`; no model call was made."""
+    new_content: NewContent | None = None
+    """What was measured of the new content (teaches the fit)."""
+    counted_prompt_tokens: int | None = None
+    """The API's `count_tokens` answer, when the pre-flight asked for it (near the
+    limit)."""
     streamed: bool = False
     lost_usage: TokenUsage = Field(default_factory=TokenUsage)
     """Usage of answers earlier attempts of this call received but whose result was
@@ -208,8 +217,9 @@ def prompt_text(
 ) -> str:
     """Concatenated text of a whole prompt: system, tool definitions, messages.
 
-    The fake server counts usage on this text; the activity estimates new content on
-    the same extraction, so the only gap between them is the tokenizer (the drift).
+    The activity estimates new content on this extraction; Claude (and the fake
+    server) count more than its text: framing, the tool-use system prompt, a different
+    tokenizer (`estimator` learns the difference).
     """
     parts: list[str] = []
     if isinstance(system, str):

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pydantic import ConfigDict, Field
 
 from temporal_handoff.schemas.base import DurableModel
+from temporal_handoff.schemas.estimator import ModelFit, NewContent, ratio
 from temporal_handoff.schemas.lifecycle import LifecycleState
 
 USAGE_FIELDS = (
@@ -182,6 +183,10 @@ def usage_cost_by_kind(usage: TokenUsage, model: str) -> dict[str, float]:
     }
 
 
+ERROR_BUCKETS = 100
+"""Pre-flight error histogram: tenths of a percent up to 10 %, then one bucket."""
+
+
 class FieldStats(DurableModel):
     """min/max/sum of one usage field over calls."""
 
@@ -229,14 +234,41 @@ class TokenLedger(DurableModel):
     """Usage of answers billed but never used (their activity result was lost)."""
     lost_answers: int = 0
     lost_cost_usd: float = 0.0
+    fits: dict[str, ModelFit] = Field(default_factory=dict)
+    """The occupancy estimator's fit per model (`estimator`), learned from every call."""
+    preflight_errors: list[int] = Field(default_factory=list)
+    """Histogram of the pre-flight's relative error (|estimate - prompt| / prompt) per
+    call, before any exact count: bucket i holds errors in [i, i+1) tenths of a percent,
+    the last bucket everything from `ERROR_BUCKETS` tenths up."""
+    exact_counts: int = 0
+    """Pre-flights that asked the API for the exact count (near the limit)."""
+    uncalibrated_calls: int = 0
+    """Calls estimated before the model's fit had learned anything (not in
+    `preflight_errors`)."""
 
     # ---- derived ----------------------------------------------------------------
     @property
     def calibration(self) -> float:
-        """Observed / estimated tokens; multiplies tiktoken estimates (1.0 until seen)."""
-        if self.estimated_sum <= 0 or self.observed_sum <= 0:
-            return 1.0
-        return self.observed_sum / self.estimated_sum
+        """Observed / estimated tokens, the ratio-only calibration (1.0 until seen)."""
+        return ratio(self.estimated_sum, self.observed_sum)
+
+    def fit_for(self, model: str) -> ModelFit:
+        """The estimator's fit for `model` (a fresh prior if none was learned yet)."""
+        return self.fits.get(model) or ModelFit()
+
+    def preflight_error_percentile(self, q: float) -> float | None:
+        """The q-th percentile (0-100) of the pre-flight's relative error, as the upper
+        edge of its histogram bucket (None before any call)."""
+        total = sum(self.preflight_errors)
+        if total == 0:
+            return None
+        need = q / 100 * total
+        seen = 0
+        for i, n in enumerate(self.preflight_errors):
+            seen += n
+            if seen >= need and n:
+                return (i + 1) / 1000
+        return len(self.preflight_errors) / 1000
 
     @property
     def next_prompt_tokens(self) -> int:
@@ -302,17 +334,41 @@ class TokenLedger(DurableModel):
         return LifecycleState.ACTIVE
 
     # ---- updates ----------------------------------------------------------------
-    def record(self, usage: TokenUsage, model: str, estimated_new_tokens: int = 0) -> None:
+    def record(
+        self,
+        usage: TokenUsage,
+        model: str,
+        estimated_new_tokens: int = 0,
+        new: NewContent | None = None,
+        estimated_prompt: int | None = None,
+        exact_count: bool = False,
+    ) -> None:
         """Add one completed call: exact occupancy, spend, and calibration sample.
 
         ``estimated_new_tokens`` is the raw tiktoken estimate of content that was new
         in this call's prompt; its exact size is this prompt minus the previous
-        occupancy, which teaches the calibration factor.
+        occupancy, which teaches the calibration factor. ``new`` (what the activity
+        measured of that content) teaches the model's fit; ``estimated_prompt`` (the
+        pre-flight's estimate of the whole prompt) goes into the error histogram.
         """
         prompt = usage.prompt_tokens
         if estimated_new_tokens > 0 and prompt > self.occupancy:
             self.estimated_sum += estimated_new_tokens
             self.observed_sum += prompt - self.occupancy
+        calibrated = model in self.fits
+        if new is not None and prompt > 0:
+            observed = prompt if new.whole else prompt - self.occupancy
+            if observed >= 0:
+                self.fits.setdefault(model, ModelFit()).add(new, observed)
+        if estimated_prompt is not None and prompt > 0:
+            self.exact_counts += 1 if exact_count else 0
+            if not calibrated:
+                self.uncalibrated_calls += 1
+            else:
+                if not self.preflight_errors:
+                    self.preflight_errors = [0] * (ERROR_BUCKETS + 1)
+                err = abs(estimated_prompt - prompt) / prompt
+                self.preflight_errors[min(ERROR_BUCKETS, int(err * 1000))] += 1
         self.occupancy = usage.total
         self.pending_estimate = 0
         self.last_prompt_tokens = prompt

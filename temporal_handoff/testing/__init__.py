@@ -7,6 +7,10 @@ sessions without network access or an API key::
 
     with FakeAnthropicServer(brain=ScriptedAgentBrain(tasks_per_turn=2)) as server:
         client = anthropic.Anthropic(base_url=server.base_url, api_key="test")
+
+Token counts are realistic (`TokenCounter`: per-model tokenizer, framing, the tool-use
+system prompt; ``count_tokens`` an estimate), and `ReadingBrain` with the `READ_FILE`
+tool (`read_file`) fills a context with prose, code or JSON of a chosen size.
 """
 
 from temporal_handoff.testing.brain import (
@@ -26,6 +30,8 @@ from temporal_handoff.testing.fake_server import (
     RequestRecord,
     count_tokens,
 )
+from temporal_handoff.testing.fake_tokens import TokenCounter
+from temporal_handoff.testing.reading import READ_FILE, ReadingBrain, read_file
 from temporal_handoff.testing.synthetic import synthetic_project
 
 __all__ = [
@@ -33,14 +39,18 @@ __all__ = [
     "AWAITING_DECISION",
     "DEFAULT_ERROR_TYPES",
     "NEXT_ELIGIBLE_RE",
+    "READ_FILE",
     "Brain",
     "BrainReply",
     "EchoBrain",
     "FakeAnthropicServer",
     "Fault",
+    "ReadingBrain",
     "RequestRecord",
     "ScriptedAgentBrain",
+    "TokenCounter",
     "count_tokens",
+    "read_file",
     "stable_hash",
     "synthetic_project",
 ]

@@ -38,8 +38,9 @@ The rules modelled (Anthropic docs, "Prompt caching"):
 * **TTL**: 5 minutes by default, ``"ttl": "1h"`` for one hour, counted from the
   last write or read, on the injectable ``clock``.
 
-Token counts of prefixes are the per-block counts summed (memoized by block text),
-times the server's drift, capped at the prompt's count: so ``input_tokens +
+Token counts of prefixes are the server's per-block counts summed (`fake_tokens`:
+request frame and tool-use system prompt first, each block with its frames), capped
+at the prompt's count: so ``input_tokens +
 cache_creation_input_tokens + cache_read_input_tokens`` always equals the prompt
 count the server reports.
 """
@@ -279,8 +280,22 @@ class PromptCache:
         return n
 
     # ---- accounting ------------------------------------------------------------------
-    def account(self, body: Mapping[str, Any], prompt_tokens: int, scale: float = 1.0) -> CacheSplit:
+    def account(
+        self,
+        body: Mapping[str, Any],
+        prompt_tokens: int,
+        scale: float = 1.0,
+        block_tokens: tuple[int, list[int]] | None = None,
+    ) -> CacheSplit:
         """Apply one request to the cache; how its prompt splits into read/write/input.
+
+        Args:
+            body: The request.
+            prompt_tokens: Its prompt count.
+            scale: Multiplier on ``count_raw`` (when ``block_tokens`` is not given).
+            block_tokens: The server's exact split of the prompt (`fake_tokens`):
+                tokens before the first block, then each block's tokens in prefix
+                order; prefix lengths are their running sums.
 
         Raises:
             CacheRequestError: a caching rule is broken (the API answers 400).
@@ -311,14 +326,20 @@ class PromptCache:
         if not points:
             return CacheSplit()
 
-        # Prefix lengths up to the last breakpoint: the blocks' counts plus one token
-        # per block boundary (the server counts the prompt's blocks joined by newlines).
         last = points[-1]
         cumulative: list[int] = []
-        running = 0
-        for b in blocks[: last + 1]:
-            running += self._tokens(b.text) + (1 if cumulative else 0)
-            cumulative.append(min(prompt_tokens, math.ceil(running * scale)))
+        if block_tokens is not None and len(block_tokens[1]) == len(blocks):
+            running = block_tokens[0]
+            for n in block_tokens[1][: last + 1]:
+                running += n
+                cumulative.append(min(prompt_tokens, running))
+        else:
+            # Prefix lengths up to the last breakpoint: the blocks' raw counts plus one
+            # token per block boundary, scaled.
+            raw = 0
+            for b in blocks[: last + 1]:
+                raw += self._tokens(b.text) + (1 if cumulative else 0)
+                cumulative.append(min(prompt_tokens, math.ceil(raw * scale)))
         minimum = min_cacheable_tokens(str(body.get("model", "")))
         valid = [i for i in points if cumulative[i] >= minimum]
         if not valid:

@@ -31,14 +31,12 @@ request (request validation lives elsewhere):
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from temporal_handoff.activities.tokenizer import get_encoder
-from temporal_handoff.schemas.model_io import block_text
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -123,18 +121,24 @@ class LimitedReply:
     partial_json: dict[int, str] = field(default_factory=dict)
 
 
-def _tokens(text: str, drift: float) -> int:
-    return math.ceil(len(get_encoder().encode_ordinary(text)) * drift)
-
-
-def _cut_text(text: str, budget: int, drift: float) -> str:
-    """The longest token prefix of ``text`` that counts at most ``budget``."""
+def _cut_text(block: Mapping[str, Any], budget: int, count: BlockCount) -> str:
+    """The longest token prefix of a text block's text whose block counts at most
+    ``budget`` (binary search: counts grow with the prefix)."""
     enc = get_encoder()
+    text = str(block.get("text", ""))
     ids = enc.encode_ordinary(text)
-    keep = min(len(ids), int(budget / drift))
-    while keep > 0 and _tokens(enc.decode(ids[:keep]), drift) > budget:
-        keep -= 1
-    return enc.decode(ids[:keep]) if keep > 0 else ""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(dict(block, text=enc.decode(ids[:mid]))) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return enc.decode(ids[:lo]) if lo > 0 else ""
+
+
+BlockCount = Callable[[Mapping[str, Any]], int]
+"""Output tokens of one reply block (the server's counter)."""
 
 
 def limit_reply(
@@ -142,7 +146,7 @@ def limit_reply(
     output_tokens: int,
     limit: int,
     stop_reason: str,
-    drift: float,
+    count: BlockCount,
 ) -> LimitedReply:
     """Cut ``content`` (whose full output count is ``output_tokens``) to ``limit`` tokens.
 
@@ -157,14 +161,14 @@ def limit_reply(
     partial: dict[int, str] = {}
     used = 0
     for block in blocks:
-        cost = _tokens(block_text(block), drift)
+        cost = count(block)
         if used + cost <= limit:
             out.append(block)
             used += cost
             continue
         budget = limit - used
         if block.get("type") == "text":
-            text = _cut_text(str(block.get("text", "")), budget, drift)
+            text = _cut_text(block, budget, count)
             if text:
                 out.append(dict(block, text=text))
         elif block.get("type") == "tool_use":
@@ -173,7 +177,7 @@ def limit_reply(
             kept: dict[str, Any] = {}
             for key, value in params:
                 trial = dict(kept, **{key: value})
-                if _tokens(block_text(dict(block, input=trial)), drift) > budget:
+                if count(dict(block, input=trial)) > budget:
                     break
                 kept = trial
             out.append(dict(block, input=kept))

