@@ -417,11 +417,38 @@ def say(
     workflow_id: str,
     text: str,
     by: str = typer.Option(os.environ.get("USER", "human")),
+    wait: bool = typer.Option(
+        False, "--wait", help="Print the agent's answer (its replies until it waits again)."
+    ),
+    timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds --wait waits."),
     address: str | None = ADDRESS,
     namespace: str | None = NAMESPACE,
 ) -> None:
     """Send a message to the agent (appended at its next turn)."""
-    _update(workflow_id, "say", _validated(SayArgs, text=text, by=by), address, namespace)
+    arg = _validated(SayArgs, text=text, by=by)
+    if not wait:
+        _update(workflow_id, "say", arg, address, namespace)
+        return
+    from temporal_handoff import transcripts
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        handle = client.get_workflow_handle(workflow_id)
+        await _exists(handle)
+        before = await transcripts.mark(client, workflow_id)
+        err_console.print(await send_update(handle, "say", arg), highlight=False, markup=False)
+        try:
+            reply, result = await asyncio.wait_for(
+                transcripts.wait_for_reply(client, workflow_id, text, before), timeout
+            )
+        except TimeoutError:
+            raise CliError(f"timeout: no reply from {workflow_id!r} within {timeout:g} s", 1) from None
+        typer.echo(reply or "(the agent gave no text reply)")
+        if result is not None:
+            ended = result.summary or result.message
+            err_console.print(f"session ended {result.reason.value}: {ended}", markup=False)
+
+    run(go)
 
 
 @app.command()
@@ -570,6 +597,7 @@ def result(
 # The read-side commands (list, watch, stats, export, replay, plot, setup) register
 # themselves on `app`.
 import temporal_handoff.codec_cli  # noqa: E402
+import temporal_handoff.transcript_cli  # noqa: E402
 import temporal_handoff.visibility_cli  # noqa: E402,F401
 
 

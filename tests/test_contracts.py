@@ -216,7 +216,10 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.model_io.ToolPolicy": set(),
     "schemas.model_io.ToolSpec": {"name"},
     "schemas.project.AddBlockerArgs": {"description"},
+    "schemas.project.AddNoteArgs": {"text"},
     "schemas.project.AddTodoArgs": {"text"},
+    "schemas.project.AnswerQuestionArgs": {"question_id"},
+    "schemas.project.AskQuestionArgs": {"text"},
     "schemas.project.Alternative": {"title"},
     "schemas.project.Blocker": {"id"},
     "schemas.project.CompleteTaskArgs": {"task_id"},
@@ -227,6 +230,7 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.project.HumanMessageArgs": {"text"},
     "schemas.project.NoteFileArgs": {"path"},
     "schemas.project.Phase": {"id"},
+    "schemas.project.Question": {"id"},
     "schemas.project.ProjectState": set(),
     "schemas.project.RecordDecisionArgs": {"title"},
     "schemas.project.RecordErrorArgs": {"message"},
@@ -240,7 +244,7 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.project._Args": set(),
     "schemas.session.Command": {"kind"},
     "schemas.session.Health": set(),
-    "schemas.session.SessionInput": {"project"},
+    "schemas.session.SessionInput": set(),
     "schemas.session.SessionResult": {"generation", "ledger", "project", "reason", "session_id"},
     "schemas.session.SessionStatus": {
         "context_pct", "context_tokens", "context_window", "cost_usd", "generation",
@@ -250,6 +254,8 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.tokens.ModelPrice": {"cache_read", "cache_write", "input", "output"},
     "schemas.tokens.TokenLedger": set(),
     "schemas.tokens.TokenUsage": set(),
+    "schemas.transcript.TranscriptEntry": {"role"},
+    "schemas.transcript.TranscriptPage": set(),
 }
 """Required fields of every durable model (the same as when the v0 histories were
 recorded, or fewer). An input written by an older worker lacks every field added since,

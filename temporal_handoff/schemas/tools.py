@@ -13,8 +13,14 @@ STATE_TOOLS: dict[str, EventOp] = {
     "note_file": "note_file",
     "add_todo": "add_todo",
     "set_phase": "set_phase",
+    "add_note": "add_note",
+    "ask_question": "ask_question",
+    "answer_question": "answer_question",
 }
 """Tool name → project event op."""
+
+FINISH_TOOL = "finish"
+"""Free-form sessions: the agent ends the session with a summary (not a state event)."""
 
 _STR = {"type": "string"}
 
@@ -106,6 +112,51 @@ _SPECS = [
 ]
 
 
-def state_tool_specs() -> list[ToolSpec]:
-    """The built-in tools, in a stable order (the prompt prefix must not change)."""
-    return list(_SPECS)
+_FREE_FORM_SPECS = [
+    ToolSpec(
+        name="add_note",
+        description=(
+            "Keep a short note for yourself: a fact learned, a result, what you are doing. "
+            "Notes are what your successor reads after a handoff."
+        ),
+        input_schema={"type": "object", "properties": {"text": _STR}, "required": ["text"]},
+    ),
+    ToolSpec(
+        name="ask_question",
+        description="Record an open question you still need answered (by a human or later work).",
+        input_schema={
+            "type": "object",
+            "properties": {"question_id": _STR, "text": _STR},
+            "required": ["text"],
+        },
+    ),
+    ToolSpec(
+        name="answer_question",
+        description="Close an open question with its answer.",
+        input_schema={
+            "type": "object",
+            "properties": {"question_id": _STR, "answer": _STR},
+            "required": ["question_id", "answer"],
+        },
+    ),
+    ToolSpec(
+        name=FINISH_TOOL,
+        description=(
+            "End the session when the goal is met (or cannot be): a summary of the outcome "
+            "for the human. Reply in plain text instead while the conversation goes on."
+        ),
+        input_schema={"type": "object", "properties": {"summary": _STR}, "required": ["summary"]},
+    ),
+]
+
+_TASK_ONLY = ("complete_task", "fail_task", "set_phase")
+
+
+def state_tool_specs(free_form: bool = False) -> list[ToolSpec]:
+    """The built-in tools, in a stable order (the prompt prefix must not change).
+
+    A free-form session (a goal, no tasks) gets notes, questions and `finish` instead of
+    the task tools."""
+    if not free_form:
+        return list(_SPECS)
+    return [s for s in _SPECS if s.name not in _TASK_ONLY] + list(_FREE_FORM_SPECS)

@@ -19,6 +19,7 @@ from temporal_handoff.testing.brain import (
     ScriptedAgentBrain,
     stable_hash,
 )
+from temporal_handoff.testing.conversation import ConversationBrain, Exchange
 from temporal_handoff.testing.fake_server import (
     DEFAULT_ERROR_TYPES,
     FakeAnthropicServer,
@@ -34,7 +35,9 @@ __all__ = [
     "NEXT_ELIGIBLE_RE",
     "Brain",
     "BrainReply",
+    "ConversationBrain",
     "EchoBrain",
+    "Exchange",
     "FakeAnthropicServer",
     "Fault",
     "RequestRecord",

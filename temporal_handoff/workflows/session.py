@@ -54,9 +54,19 @@ with workflow.unsafe.imports_passed_through():
         SessionStatus,
     )
     from temporal_handoff.schemas.tokens import TokenLedger
-    from temporal_handoff.schemas.tools import STATE_TOOLS, state_tool_specs
+    from temporal_handoff.schemas.tools import FINISH_TOOL, STATE_TOOLS, state_tool_specs
+    from temporal_handoff.schemas.transcript import (
+        HUMAN_PREFIX,
+        TranscriptEntry,
+        TranscriptPage,
+        TranscriptQuery,
+        exchange_lines,
+        last_reply,
+        transcript_of,
+    )
     from temporal_handoff.workflows import _command_input as command_input
     from temporal_handoff.workflows import _commands as commands
+    from temporal_handoff.workflows import _free_form as free_form
     from temporal_handoff.workflows import _model_turn as turn_io
     from temporal_handoff.workflows import _visibility as vis
     from temporal_handoff.workflows._book import Phase, SessionBook
@@ -114,7 +124,11 @@ class AgentSessionWorkflow:
             paused=inp.paused,
             pending_say=list(inp.pending_human_text),
             update_replies=dict(inp.update_replies),
+            awaiting_input=inp.awaiting_input,
         )
+        self._free = False
+        """A free-form session (a goal, no tasks): a conversation ended by `finish`."""
+        self._waits_when_quiet = False
         self._link = HandoffLink()
         self._messages: list[dict[str, Any]] = []
         self._known_upto = 0  # messages covered by the ledger's exact occupancy
@@ -309,7 +323,34 @@ class AgentSessionWorkflow:
             health=health,
             model=self._model,
             rejected_commands=list(book.rejected),
+            awaiting_input=book.waiting_for_input(),
+            transcript_entries=len(self._transcript()),
         )
+
+    @workflow.query(name="transcript")
+    def transcript(self, *raw: Any) -> TranscriptPage:
+        """`TranscriptQuery` (or nothing): a page of what was said in this generation."""
+        page = TranscriptQuery.parse(raw)
+        entries = self._transcript(page.max_chars)
+        return TranscriptPage(
+            session_id=workflow.info().workflow_id,
+            generation=self._generation,
+            total=len(entries),
+            offset=page.offset,
+            entries=entries[page.offset : page.offset + page.limit],
+            awaiting_input=self._book.waiting_for_input(),
+            closed=self._book.phase == Phase.CLOSING,
+        )
+
+    def _transcript(self, max_chars: int = 4_000) -> list[TranscriptEntry]:
+        return transcript_of(self._messages, self._generation, max_chars)
+
+    def _exchange(self) -> list[str]:
+        """The recent exchange, for the handoff document and the successor."""
+        current = exchange_lines(
+            self._transcript(), free_form.EXCHANGE_KEEP, free_form.EXCHANGE_LINE_CHARS
+        )
+        return free_form.recent_exchange(self._inp.recent_exchange, current)
 
     @workflow.query(name="project")
     def project(self) -> dict[str, Any]:
@@ -350,6 +391,10 @@ class AgentSessionWorkflow:
                 self._start_notify("HANDOFF", inp.handoff_reason, inp.handoff.summary())
             )
         self._lifecycle = LifecycleState.ACTIVE
+        if inp.project.free_form and workflow.patched("free-form-1"):
+            # Without tasks the session used to end at once ("all tasks done").
+            self._free = True
+        self._waits_when_quiet = free_form.waits_when_quiet(self._cfg, self._free)
         self._messages = [{"role": "user", "content": self._opening_text(inp.handoff)}]
         shortfall = self._cfg.window_shortfall(self._ledger.context_window)
         if shortfall and workflow.patched("window-check-1"):
@@ -401,6 +446,8 @@ class AgentSessionWorkflow:
 
     def _opening_text(self, handoff: HandoffPayload | None) -> str:
         s = self._book.state
+        if handoff is None and self._free:
+            return free_form.opening_text(s)
         if handoff is not None:
             return (
                 f"You are generation {self._generation} of session "
@@ -420,7 +467,7 @@ class AgentSessionWorkflow:
         return "\n".join(line for line in lines if line)
 
     def _tools(self) -> list[ToolSpec]:
-        return state_tool_specs() + list(self._cfg.user_tools)
+        return state_tool_specs(self._free) + list(self._cfg.user_tools)
 
     async def _turns(self) -> SessionResult:
         idle = 0
@@ -431,7 +478,9 @@ class AgentSessionWorkflow:
                 return await self._finish(TerminationReason.USER_ABORT, book.abort.reason)
             if book.flush:
                 raise _Handoff(TerminationReason.MANUAL_FLUSH)
-            if book.state.all_done:
+            if book.finish_summary is not None:
+                return await self._finish(TerminationReason.FINISHED, book.finish_summary)
+            if book.state.all_done and not self._free:
                 return await self._finish(TerminationReason.TASK_COMPLETED, "all tasks done")
             if self._budget_exhausted():
                 return await self._finish(TerminationReason.BUDGET_EXHAUSTED, "budget reached")
@@ -472,25 +521,35 @@ class AgentSessionWorkflow:
                 results = [await self._run_tool(tu) for tu in tool_uses]
                 self._messages.append({"role": "user", "content": results})
                 idle = 0
-            elif book.state.all_done:
+                if book.finish_summary is not None:
+                    return await self._finish(TerminationReason.FINISHED, book.finish_summary)
+            elif book.state.all_done and not self._free:
                 continue
             elif book.state.human_decision_pending():
                 self._messages.append({"role": "user", "content": self._awaiting_text()})
+            elif self._waits_when_quiet:
+                # A chat: the agent answered; the next turn starts with the human's reply.
+                book.awaiting_input = True
             else:
                 idle += 1
-                if idle >= 3:
+                quiet = self._cfg.max_quiet_turns
+                if idle >= quiet:
                     return await self._finish(
                         TerminationReason.AGENT_FINISHED,
-                        "the model stopped three times without progress",
+                        f"the model stopped {quiet} times in a row without progress "
+                        "(max_quiet_turns)",
                     )
                 self._messages.append(
                     {
                         "role": "user",
-                        "content": "Continue with the plan. "
-                        + eligible_line(book.state.next_eligible()),
+                        "content": free_form.nudge_text(self._free)
+                        or "Continue with the plan. " + eligible_line(book.state.next_eligible()),
                     }
                 )
-            self._ledger.pending_estimate = self._rough_tokens(self._messages[-1])
+            last = self._messages[-1]
+            self._ledger.pending_estimate = (
+                0 if last["role"] == "assistant" else self._rough_tokens(last)
+            )
             await self._after_turn()
 
     def _cut_at_max_tokens(self, resp: ModelResponse) -> None:
@@ -538,7 +597,11 @@ class AgentSessionWorkflow:
         def runnable() -> bool:
             if book.abort is not None or book.flush:
                 return True
-            return not book.paused and not book.state.human_decision_pending()
+            return (
+                not book.paused
+                and not book.state.human_decision_pending()
+                and not book.waiting_for_input()
+            )
 
         def handoff_due() -> bool:
             return workflow.info().is_continue_as_new_suggested()
@@ -551,9 +614,12 @@ class AgentSessionWorkflow:
         # that replay the old wait (patch "wait-handoff-1").
         wake_on_history = True
         while not runnable():
-            self._lifecycle = (
-                LifecycleState.PAUSED if book.paused else LifecycleState.AWAITING_DECISION
-            )
+            if book.paused:
+                self._lifecycle = LifecycleState.PAUSED
+            elif book.state.human_decision_pending():
+                self._lifecycle = LifecycleState.AWAITING_DECISION
+            else:
+                self._lifecycle = LifecycleState.AWAITING_INPUT
             self._set_details()
             self._show_wait()
             condition = (lambda: runnable() or handoff_due()) if wake_on_history else runnable
@@ -596,8 +662,9 @@ class AgentSessionWorkflow:
         book = self._book
         if not book.pending_say:
             return
-        text = "\n".join(f"[human] {t}" for t in book.pending_say)
+        text = "\n".join(f"{HUMAN_PREFIX}{t}" for t in book.pending_say)
         book.pending_say = []
+        book.awaiting_input = False
         last = self._messages[-1]
         if last["role"] == "user":
             content = last["content"]
@@ -700,6 +767,11 @@ class AgentSessionWorkflow:
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use.get("id", "")}
         if name in STATE_TOOLS:
             text, error = self._run_state_tool(name, tool_input)
+        elif name == FINISH_TOOL and self._free:
+            summary, text = free_form.finish_summary(tool_input)
+            error = summary is None
+            if summary is not None:
+                self._book.finish_summary = summary
         elif self._interrupted() and workflow.patched("interruptible-calls-1"):
             text, error = "error: not run, the session was paused or aborted", True
         elif name == "recall":
@@ -903,6 +975,8 @@ class AgentSessionWorkflow:
             handoff_reason=reason,
             announce_handoff=fast,
             update_replies=dict(book.update_replies),
+            awaiting_input=book.awaiting_input,
+            recent_exchange=self._exchange(),
         )
         size = self._measure(nxt)
         if size > self._cfg.max_carry_bytes:
@@ -1005,7 +1079,17 @@ class AgentSessionWorkflow:
             health=book.health,
             final_handoff=document,
             message=message,
+            final_reply=self._final_reply(),
+            summary=book.finish_summary or "",
         )
+
+    def _final_reply(self) -> str:
+        """The agent's last text reply (this generation's, else the predecessor's)."""
+        reply = last_reply(self._transcript(100_000))
+        if reply:
+            return reply
+        carried = [x for x in self._inp.recent_exchange if x.startswith("[agent] ")]
+        return carried[-1].removeprefix("[agent] ") if carried else ""
 
     async def _final_document(self, reason: TerminationReason) -> HandoffPayload | None:
         """The document to resume from, built by the child if one runs, else directly.
@@ -1085,7 +1169,8 @@ class AgentSessionWorkflow:
         vis.upsert(
             self._cfg, self._generation, self._lifecycle, self._ledger, self._book.state, payload,
             needs_human=(
-                end_reason is None and self._book.state.human_decision_pending()
+                end_reason is None
+                and (self._book.state.human_decision_pending() or self._book.waiting_for_input())
                 if current
                 else None
             ),
