@@ -203,6 +203,7 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.handoff.HandoffPayload": {
         "budget", "level", "prompt", "prompt_tokens", "requested_level",
     },
+    "schemas.handoff.QuestionItem": {"id"},
     "schemas.handoff.LookupHints": {"generation", "workflow_id"},
     "schemas.handoff.Progress": set(),
     "schemas.handoff.RunRef": {"generation", "run_id", "workflow_id"},

@@ -80,6 +80,8 @@ RECALL_SECTIONS = (
     "errors",
     "environment",
     "human_messages",
+    "notes",
+    "questions",
 )
 """Sections the successor's ``recall`` tool accepts."""
 
@@ -142,6 +144,8 @@ class HandoffContext(DurableModel):
     """Every run of this session so far, including this one."""
     events_since_last_handoff: list[StateEvent] = Field(default_factory=list)
     recent_human_input: list[str] = Field(default_factory=list)
+    recent_exchange: list[str] = Field(default_factory=list)
+    """The conversation's last lines, `[human] …` / `[agent] …` (free-form sessions)."""
     tool_state: dict[str, str] = Field(default_factory=dict)
     paused_seconds: float = Field(default=0.0, ge=0)
     """Longest pause this generation; a long one selects the multi-day template."""
@@ -281,6 +285,11 @@ class ErrorItem(DurableModel):
     generation: int = 0
 
 
+class QuestionItem(DurableModel):
+    id: str
+    text: str = ""
+
+
 class LookupHints(DurableModel):
     """How the successor finds what the compact prompt left out."""
 
@@ -356,6 +365,13 @@ class HandoffDocument(DurableModel):
     tool_state: dict[str, str] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
     recent_human_input: list[str] = Field(default_factory=list)
+    free_form: bool = False
+    """A session without tasks: a conversation toward the goal, ended by `finish`."""
+    notes: list[str] = Field(default_factory=list)
+    """The agent's notes, newest first."""
+    open_questions: list[QuestionItem] = Field(default_factory=list)
+    recent_exchange: list[str] = Field(default_factory=list)
+    """The conversation's last lines, oldest first."""
     lookup: LookupHints
     since_last_handoff: HandoffDelta = Field(default_factory=HandoffDelta)
     totals: dict[str, int] = Field(default_factory=dict)
@@ -767,6 +783,12 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
         environment={k: _cap(v, 500) for k, v in list(state.environment.items())[:_DOC_CAP]},
         recent_human_input=[_cap(x) for x in ctx.recent_human_input[-10:]]
         or [_cap(x) for x in state.human_messages[-5:]],
+        free_form=state.free_form,
+        notes=[_cap(x, 500) for x in reversed(state.notes[-_DOC_CAP:])],
+        open_questions=[
+            QuestionItem(id=q.id, text=_cap(q.text, 500)) for q in state.open_questions()
+        ][-_DOC_CAP:],
+        recent_exchange=[_cap(x, 1_000) for x in ctx.recent_exchange[-10:]],
         lookup=LookupHints(workflow_id=ctx.session_id, generation=ctx.generation, lineage=lineage),
         since_last_handoff=summarize_events(ctx.events_since_last_handoff, state),
         totals={
@@ -783,6 +805,9 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
             "environment": len(state.environment),
             "tool_state": len(ctx.tool_state),
             "human_messages": len(state.human_messages),
+            "notes": len(state.notes) + state.notes_archived,
+            "open_questions": len(state.open_questions()),
+            "recent_exchange": len(ctx.recent_exchange[-10:]),
         },
         paused_seconds=ctx.paused_seconds,
     )
@@ -865,6 +890,8 @@ _RECALL_OF = {
 
 
 def _progress_line(p: Progress) -> str:
+    if not p.total and not p.current_phase:
+        return "No task list: a conversation toward the goal."
     if p.current_phase:
         name = f" ({_clip(p.current_phase_name, 60)})" if p.current_phase_name else ""
         phase = f"Current phase: `{p.current_phase}`{name}"
@@ -1045,6 +1072,8 @@ class _Section:
     id_label: str = ""
     droppable: bool = False
     """Critical-frame text that goes before any critical id does (lead, instructions)."""
+    oldest_first: bool = False
+    """Items are offered newest first (the packer keeps a prefix) but shown reversed."""
     refs: list[_Section] = field(default_factory=list)
     """The `index` section only: the optional sections it summarizes."""
     # Packing results.
@@ -1081,7 +1110,8 @@ def _block_lines(s: _Section, lk: LookupHints) -> list[str]:
         if entries:
             lines.append("; ".join(entries) + ".")
         return lines
-    lines += s.items[: s.n_items]
+    kept = s.items[: s.n_items]
+    lines += kept[::-1] if s.oldest_first else kept
     omitted = s.total - s.n_items
     if not s.critical and omitted > 0 and s.key != "since_last_handoff":
         # (The delta's lines are themselves counts; it needs no pointer.)
@@ -1090,6 +1120,9 @@ def _block_lines(s: _Section, lk: LookupHints) -> list[str]:
 
 
 _LABELS = {
+    "recent_exchange": "Recent exchange",
+    "notes": "Notes",
+    "open_questions": "Open questions",
     "since_last_handoff": "Since last handoff",
     "recent_human_input": "Recent human input",
     "decisions": "Agent decisions",
@@ -1117,6 +1150,9 @@ _CRIT_N = {
     CompressionLevel.FULL: 500,
 }
 _CAPS: dict[str, tuple[int, int, int]] = {
+    "recent_exchange": (2, 6, 10),
+    "notes": (3, 8, 16),
+    "open_questions": (2, 6, 12),
     "since_last_handoff": (6, 12, 14),
     "recent_human_input": (1, 3, 5),
     "decisions": (2, 8, 20),
@@ -1133,6 +1169,9 @@ _CAPS: dict[str, tuple[int, int, int]] = {
 _PRIORITY: dict[str, dict[str, int]] = {
     "standard": {
         "goal": 10,
+        "open_questions": 14,
+        "notes": 16,
+        "recent_exchange": 13,
         "since_last_handoff": 20,
         "recent_human_input": 25,
         "decisions": 30,
@@ -1146,6 +1185,9 @@ _PRIORITY: dict[str, dict[str, int]] = {
     },
     "minimal": {
         "goal": 10,
+        "open_questions": 14,
+        "notes": 16,
+        "recent_exchange": 13,
         "since_last_handoff": 20,
         "recent_human_input": 25,
         "decisions": 30,
@@ -1159,6 +1201,9 @@ _PRIORITY: dict[str, dict[str, int]] = {
     },
     "error_recovery": {
         "goal": 10,
+        "open_questions": 14,
+        "notes": 16,
+        "recent_exchange": 13,
         "since_last_handoff": 12,
         "errors": 15,
         "recent_human_input": 25,
@@ -1172,6 +1217,9 @@ _PRIORITY: dict[str, dict[str, int]] = {
     },
     "multi_day": {
         "goal": 10,
+        "open_questions": 14,
+        "notes": 16,
+        "recent_exchange": 13,
         "environment": 12,
         "tool_state": 14,
         "recent_human_input": 18,
@@ -1322,16 +1370,18 @@ def _sections(
         for t in doc.next_eligible[:8]
         if cn and (li > 0 or (t.last_error and t.id not in failed_ids))
     ]
-    add(
-        "next",
-        None if terse else "## Next",
-        critical=True,
-        ids=[t.id for t in doc.next_eligible],
-        id_label="Next eligible tasks",
-        fixed=details,
-        recall="tasks",
-    )
+    if not doc.free_form:  # no task list, nothing to be eligible
+        add(
+            "next",
+            None if terse else "## Next",
+            critical=True,
+            ids=[t.id for t in doc.next_eligible],
+            id_label="Next eligible tasks",
+            fixed=details,
+            recall="tasks",
+        )
 
+    _free_form_sections(doc, n, add)
     if not doc.since_last_handoff.empty:
         delta = _delta_lines(doc.since_last_handoff, 12 if li else 5)
         add(
@@ -1432,6 +1482,36 @@ def _sections(
     return secs
 
 
+def _free_form_sections(doc: HandoffDocument, n: int, add: Callable[..., None]) -> None:
+    """Open questions, notes and the recent exchange (free-form sessions; empty
+    otherwise, and then not shown)."""
+    add(
+        "open_questions",
+        f"## Open questions ({doc.total('open_questions')})",
+        items=[f"- `{q.id}`: {_clip(q.text, 2 * n)}" for q in doc.open_questions],
+        total=doc.total("open_questions"),
+        recall="questions",
+    )
+    add(
+        "notes",
+        f"## Your notes ({doc.total('notes')}, newest first)",
+        items=[f"- {_clip(x, 2 * n)}" for x in doc.notes],
+        total=doc.total("notes"),
+        recall="notes",
+    )
+    # The packer keeps a prefix of the items: offered newest first, shown oldest first
+    # (as a conversation reads).
+    exchange = [f"{_clip(x, 2 * n)}" for x in doc.recent_exchange]
+    add(
+        "recent_exchange",
+        "## Recent exchange (oldest first)",
+        items=exchange[::-1],
+        total=len(exchange),
+        recall="human_messages",
+        oldest_first=True,
+    )
+
+
 def _usage_line(doc: HandoffDocument, short: bool = False) -> str:
     t = doc.tokens
     if short:
@@ -1449,6 +1529,12 @@ def _usage_line(doc: HandoffDocument, short: bool = False) -> str:
 
 def _instructions(doc: HandoffDocument, template: str, terse: bool = False) -> str:
     p = doc.progress
+    if doc.free_form:
+        return (
+            "Continue the conversation toward the goal: answer the human, keep notes "
+            "(add_note), decisions and open questions current, and call `finish` with a "
+            "summary when the goal is met."
+        )
     if not doc.next_eligible and p.total and p.done >= p.total:
         return "All tasks are done: verify the goal is met and finish."
     wait = any(b.type == BlockerType.HUMAN_DECISION for b in doc.open_blockers)

@@ -1043,6 +1043,7 @@ class AgentSessionWorkflow:
             reason=reason,
             ledger=self._ledger,
             recent_human_input=self._book.recent_human[-10:],
+            recent_exchange=self._exchange(),
             paused_seconds=self._longest_pause,
             events_sent=self._link.deltas,
         )
@@ -1133,6 +1134,7 @@ class AgentSessionWorkflow:
             lineage=self._lineage(),
             events_since_last_handoff=book.events,
             recent_human_input=book.recent_human[-10:],
+            recent_exchange=self._exchange(),
             paused_seconds=self._longest_pause,
         )
         return await build_payload(
