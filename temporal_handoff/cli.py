@@ -436,7 +436,8 @@ def say(
         handle = client.get_workflow_handle(workflow_id)
         await _exists(handle)
         before = await transcripts.mark(client, workflow_id)
-        err_console.print(await send_update(handle, "say", arg), highlight=False, markup=False)
+        # The answer is the confirmation (a rejection raises here, as without --wait).
+        await send_update(handle, "say", arg)
         try:
             reply, result = await asyncio.wait_for(
                 transcripts.wait_for_reply(client, workflow_id, text, before), timeout

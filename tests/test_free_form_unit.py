@@ -103,3 +103,23 @@ def test_inputs_are_validated() -> None:
     assert res.exit_code == 2 and res.stderr.startswith("error: role: unknown role 'robot'")
     res = runner.invoke(app, ["transcript", "s", "--follow", "--generation", "1"])
     assert res.exit_code == 2 and "generation:" in res.stderr
+
+
+def test_readme_python_imports_resolve() -> None:
+    """Every name a README code block imports from `temporal_handoff` is exported."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    imports = [
+        (m.group(1), [n.strip() for n in m.group(2).split(",")])
+        for b in blocks
+        for m in re.finditer(r"^from (temporal_handoff[\w.]*) import ([\w, ]+)$", b, re.M)
+    ]
+    assert any(module == "temporal_handoff" for module, _ in imports)
+    for module, names in imports:
+        loaded = importlib.import_module(module)
+        for name in names:
+            assert hasattr(loaded, name), f"README: from {module} import {name}"

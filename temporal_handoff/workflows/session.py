@@ -798,7 +798,7 @@ class AgentSessionWorkflow:
                 StateEvent(op=op, args=dict(tool_input), at=workflow.now(), by="agent")
             )
         except (EventError, ValueError, TypeError) as err:
-            return f"error: {err}\n" + self._progress_line(), True
+            return _lines(f"error: {err}", self._progress_line()), True
         if text.startswith("recorded decision"):
             health.decisions_recorded += 1
         if text.startswith("completed "):
@@ -807,10 +807,12 @@ class AgentSessionWorkflow:
             health.failures += 1
         if op == "add_blocker":
             health.blockers_opened += 1
-        return text + "\n" + self._progress_line(), False
+        return _lines(text, self._progress_line()), False
 
     def _progress_line(self) -> str:
         s = self._book.state
+        if self._free:
+            return ""  # no task list to report on
         if s.all_done:
             return "ALL TASKS COMPLETE."
         return f"Progress: {s.completed_count}/{len(s.tasks)} done. " + eligible_line(
@@ -1184,6 +1186,10 @@ class AgentSessionWorkflow:
         """Upsert the lifecycle when a wait changes it (visible to list queries)."""
         if self._upserted != self._lifecycle and workflow.patched("wait-visibility-1"):
             self._upsert_visibility(None)
+
+
+def _lines(*parts: str) -> str:
+    return "\n".join(p for p in parts if p)
 
 
 def _is_cancellation(err: BaseException) -> bool:
