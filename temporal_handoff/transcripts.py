@@ -124,23 +124,37 @@ async def session_transcript(
 async def follow(
     client: Client, workflow_id: str, seen: set[tuple[int, int]], max_chars: int = 4_000
 ) -> AsyncIterator[TranscriptEntry]:
-    """New entries of the session as they come, until it closes."""
+    """New entries of the session as they come, until it closes.
+
+    Each poll is a describe and a query of the current run; the chain is read again
+    only when a new run appears (a handoff), to pick up the closed runs' last words
+    from their history."""
+    handle = client.get_workflow_handle(workflow_id)
     read: set[str] = set()
     """Closed runs read whole (their history does not change)."""
+    current = ""
     while True:
-        rows = await session_chain(client, workflow_id)
-        closed = rows[-1].status != "RUNNING"
-        for row in rows:
-            if row.run_id in read:
-                continue
-            if row.status != "RUNNING":
-                read.add(row.run_id)
-            for entry in await generation_transcript(client, row, max_chars):
-                key = (entry.generation, entry.index)
-                if key not in seen:
-                    seen.add(key)
-                    yield entry
-        if closed:
+        desc = await handle.describe()
+        running = desc.status == WorkflowExecutionStatus.RUNNING
+        fresh: list[TranscriptEntry] = []
+        if desc.run_id != current or not running:
+            current = desc.run_id
+            for row in await session_chain(client, workflow_id):
+                if row.run_id in read or (row.status == "RUNNING" and running):
+                    continue
+                if row.status != "RUNNING":
+                    read.add(row.run_id)
+                fresh += await generation_transcript(client, row, max_chars)
+        if running:
+            with contextlib.suppress(WorkflowQueryFailedError, RPCError):
+                page = await live_transcript(client, workflow_id, desc.run_id, max_chars)
+                fresh += page.entries
+        for entry in fresh:
+            key = (entry.generation, entry.index)
+            if key not in seen:
+                seen.add(key)
+                yield entry
+        if not running:
             return
         await asyncio.sleep(POLL_S)
 

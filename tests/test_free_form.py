@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ from temporal_handoff import (
     ToolSpec,
     UserTool,
     synthetic_project,
+    transcripts,
 )
 from temporal_handoff.cli import app
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.transcript import TranscriptPage, TranscriptQuery
+from temporal_handoff.schemas.transcript import TranscriptEntry, TranscriptPage, TranscriptQuery
 from temporal_handoff.testing import (
     BrainReply,
     ConversationBrain,
@@ -94,6 +96,10 @@ async def cli(store: Path, *args: str) -> Result:
     )
 
 
+async def collect(entries: AsyncIterator[TranscriptEntry]) -> list[TranscriptEntry]:
+    return [e async for e in entries]
+
+
 async def page(client: Client, wid: str) -> TranscriptPage:
     handle = client.get_workflow_handle(wid)
     return await handle.query("transcript", TranscriptQuery(limit=500), result_type=TranscriptPage)
@@ -134,6 +140,9 @@ async def test_free_form_session_converses_hands_off_and_finishes(
                 SessionInput(config=SessionConfig(user_tools=[LOOKUP]), project=project),
                 id=wid, task_queue=task_queue, result_type=SessionResult,
             )
+            # What `transcript --follow` prints: every entry as it comes, across
+            # handoffs, until the session closes.
+            following = asyncio.ensure_future(collect(transcripts.follow(starter, wid, set())))
             # Generation 0 greets and waits for the human, visibly.
             st = await wait_status(starter, wid, lambda s: s.awaiting_input, "the greeting")
             assert st.lifecycle == LifecycleState.AWAITING_INPUT
@@ -162,6 +171,7 @@ async def test_free_form_session_converses_hands_off_and_finishes(
             bye = await cli(store, "say", wid, "thanks!", "--wait", "--address", address)
             assert bye.exit_code == 0, bye.output
             result = await handle.result()
+            live = await asyncio.wait_for(following, 30)
 
     assert bye.stdout.strip() == "Glad I could help. Closing this conversation."
     assert result.reason == TerminationReason.FINISHED
@@ -187,6 +197,10 @@ async def test_free_form_session_converses_hands_off_and_finishes(
         assert "[human] Where is my order A-1?" in text
         assert "[agent] Your order A-1: shipped 2026-11-30 with DHL (order A-1)." in text
     assert sum("[human] Can I change the address?" in t for t in handoffs) == 1
+    assert [(e.generation, e.text) for e in live if e.role == "agent" and e.text] == said_by
+    # On a closed session --follow prints everything and returns.
+    after = await cli(store, "transcript", wid, "--follow", "--json", "--address", address)
+    assert after.exit_code == 0 and after.stdout == shown.stdout, after.output
     only = await cli(store, "transcript", wid, "--generation", "1", "--address", address)
     assert only.exit_code == 0, only.output
     assert "cannot be changed" in only.stdout and "[gen 1 #" in only.stdout
