@@ -11,6 +11,7 @@ from temporal_handoff.cli import app
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffContext, build_document, render_prompt
 from temporal_handoff.schemas.lifecycle import TerminationReason
+from temporal_handoff.schemas.model_io import ToolSpec
 from temporal_handoff.schemas.project import EventError, ProjectState, StateEvent, apply_event
 from temporal_handoff.schemas.tools import state_tool_specs
 from temporal_handoff.schemas.transcript import TranscriptQuery, exchange_lines, transcript_of
@@ -42,6 +43,9 @@ def test_free_form_tools_replace_the_task_tools() -> None:
     names = [t.name for t in state_tool_specs(free_form=True)]
     assert "finish" in names and "add_note" in names and "complete_task" not in names
     assert "finish" not in [t.name for t in state_tool_specs()]
+    # A user tool named like a free-form built-in (legal before they existed) replaces it.
+    assert SessionConfig(user_tools=[ToolSpec(name="add_note")]).user_tools[0].name == "add_note"
+    assert "add_note" not in [t.name for t in state_tool_specs(True, ("add_note",))]
     assert finish_summary({"summary": " done "}) == ("done", "finished: the session ends after this turn")
     assert finish_summary({})[0] is None
 

@@ -22,7 +22,7 @@ class CompressionLevel(str, Enum):
 
 STATE_TOOL_NAMES = (
     "complete_task", "fail_task", "record_decision", "add_blocker", "note_file", "add_todo",
-    "set_phase", "add_note", "ask_question", "answer_question", "finish",
+    "set_phase",
 )
 
 TURN_RESERVE_TOKENS = 500

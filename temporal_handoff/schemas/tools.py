@@ -13,11 +13,16 @@ STATE_TOOLS: dict[str, EventOp] = {
     "note_file": "note_file",
     "add_todo": "add_todo",
     "set_phase": "set_phase",
+}
+"""Tool name → project event op."""
+
+FREE_FORM_STATE_TOOLS: dict[str, EventOp] = {
     "add_note": "add_note",
     "ask_question": "ask_question",
     "answer_question": "answer_question",
 }
-"""Tool name → project event op."""
+"""State tools offered to free-form sessions only (a user tool of the same name, legal
+before they existed, wins over them)."""
 
 FINISH_TOOL = "finish"
 """Free-form sessions: the agent ends the session with a summary (not a state event)."""
@@ -152,11 +157,12 @@ _FREE_FORM_SPECS = [
 _TASK_ONLY = ("complete_task", "fail_task", "set_phase")
 
 
-def state_tool_specs(free_form: bool = False) -> list[ToolSpec]:
+def state_tool_specs(free_form: bool = False, user_tools: tuple[str, ...] = ()) -> list[ToolSpec]:
     """The built-in tools, in a stable order (the prompt prefix must not change).
 
     A free-form session (a goal, no tasks) gets notes, questions and `finish` instead of
-    the task tools."""
+    the task tools, less those a user tool of the same name replaces."""
     if not free_form:
         return list(_SPECS)
-    return [s for s in _SPECS if s.name not in _TASK_ONLY] + list(_FREE_FORM_SPECS)
+    extra = [s for s in _FREE_FORM_SPECS if s.name not in user_tools]
+    return [s for s in _SPECS if s.name not in _TASK_ONLY] + extra

@@ -54,7 +54,12 @@ with workflow.unsafe.imports_passed_through():
         SessionStatus,
     )
     from temporal_handoff.schemas.tokens import TokenLedger
-    from temporal_handoff.schemas.tools import FINISH_TOOL, STATE_TOOLS, state_tool_specs
+    from temporal_handoff.schemas.tools import (
+        FINISH_TOOL,
+        FREE_FORM_STATE_TOOLS,
+        STATE_TOOLS,
+        state_tool_specs,
+    )
     from temporal_handoff.schemas.transcript import (
         HUMAN_PREFIX,
         TranscriptEntry,
@@ -467,7 +472,8 @@ class AgentSessionWorkflow:
         return "\n".join(line for line in lines if line)
 
     def _tools(self) -> list[ToolSpec]:
-        return state_tool_specs(self._free) + list(self._cfg.user_tools)
+        users = self._cfg.user_tools
+        return state_tool_specs(self._free, tuple(t.name for t in users)) + list(users)
 
     async def _turns(self) -> SessionResult:
         idle = 0
@@ -765,9 +771,10 @@ class AgentSessionWorkflow:
         raw_input = tool_use.get("input")
         tool_input: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use.get("id", "")}
-        if name in STATE_TOOLS:
+        mine = self._free and name not in {t.name for t in self._cfg.user_tools}
+        if name in STATE_TOOLS or (mine and name in FREE_FORM_STATE_TOOLS):
             text, error = self._run_state_tool(name, tool_input)
-        elif name == FINISH_TOOL and self._free:
+        elif name == FINISH_TOOL and mine:
             summary, text = free_form.finish_summary(tool_input)
             error = summary is None
             if summary is not None:
@@ -791,7 +798,7 @@ class AgentSessionWorkflow:
         return result
 
     def _run_state_tool(self, name: str, tool_input: dict[str, Any]) -> tuple[str, bool]:
-        op = STATE_TOOLS[name]
+        op = STATE_TOOLS.get(name) or FREE_FORM_STATE_TOOLS[name]
         health = self._book.health
         try:
             text = self._book.record(
