@@ -439,15 +439,21 @@ def say(
         # The answer is the confirmation (a rejection raises here, as without --wait).
         await send_update(handle, "say", arg)
         try:
-            reply, result = await asyncio.wait_for(
+            reply = await asyncio.wait_for(
                 transcripts.wait_for_reply(client, workflow_id, text, before), timeout
             )
         except TimeoutError:
             raise CliError(f"timeout: no reply from {workflow_id!r} within {timeout:g} s", 1) from None
-        typer.echo(reply or "(the agent gave no text reply)")
-        if result is not None:
-            ended = result.summary or result.message
-            err_console.print(f"session ended {result.reason.value}: {ended}", markup=False)
+        typer.echo(reply.text or "(the agent gave no text reply)")
+        if reply.decisions:
+            ids = ", ".join(reply.decisions)
+            err_console.print(
+                f"waiting for a human decision on {ids}: handoff decide {workflow_id} ID \"…\"",
+                markup=False,
+            )
+        if reply.result is not None:
+            ended = reply.result.summary or reply.result.message
+            err_console.print(f"session ended {reply.result.reason.value}: {ended}", markup=False)
 
     run(go)
 

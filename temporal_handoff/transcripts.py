@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
@@ -188,17 +188,26 @@ def _answer(entries: list[TranscriptEntry], text: str, since: int) -> list[Trans
     return None
 
 
-async def wait_for_reply(
-    client: Client, workflow_id: str, text: str, before: Mark
-) -> tuple[str, SessionResult | None]:
+@dataclass
+class Reply:
+    """The agent's answer to one message."""
+
+    text: str
+    result: SessionResult | None = None
+    """Set if the session ended."""
+    decisions: list[str] = field(default_factory=list)
+    """Human-decision blockers the session now waits on."""
+
+
+async def wait_for_reply(client: Client, workflow_id: str, text: str, before: Mark) -> Reply:
     """The agent's answer to the message `text` sent after `before`: its text replies
-    until it waits for the next message or the session ends (then the result too)."""
+    until it waits for the next message or a decision, or the session ends."""
     handle = client.get_workflow_handle(workflow_id, result_type=SessionResult)
     while True:
         desc = await handle.describe()
         if desc.status != WorkflowExecutionStatus.RUNNING:
             result = await handle.result()
-            return result.final_reply, result
+            return Reply(result.final_reply, result)
         page: TranscriptPage | None = None
         with contextlib.suppress(WorkflowQueryFailedError, RPCError):
             page = await live_transcript(client, workflow_id)
@@ -211,6 +220,9 @@ async def wait_for_reply(
             # Done when the agent waits for the next message, or (a session that does
             # not wait) when its newest reply calls no tool.
             done = page.awaiting_input or page.closed or bool(agent and not agent[-1].tool_calls)
-            if agent and done and any(e.text for e in agent):
-                return "\n\n".join(e.text for e in agent if e.text), None
+            said = "\n\n".join(e.text for e in agent or [] if e.text)
+            if page.awaiting_decision:  # no answer comes before a human decides
+                return Reply(said, decisions=page.awaiting_decision)
+            if done and said:
+                return Reply(said)
         await asyncio.sleep(POLL_S)

@@ -70,6 +70,19 @@ EXCHANGES = [
         reply="A shipped parcel's address cannot be changed; I can open a return instead.",
     ),
     Exchange(
+        when="decision on blocker `REFUND-A-1`",
+        reply="Your refund for A-1 is approved; you will get an email.",
+    ),
+    Exchange(
+        when="refund",
+        tool="add_blocker",
+        tool_input={
+            "blocker_id": "REFUND-A-1", "blocker_type": "human_decision",
+            "description": "The customer asks for a refund of A-1: approve?",
+        },
+        reply="(never sent: the session waits for the decision)",
+    ),
+    Exchange(
         when="thanks",
         reply="Glad I could help. Closing this conversation.",
         finish="Order A-1 shipped with DHL; the address cannot change after shipping.",
@@ -167,6 +180,18 @@ async def test_free_form_session_converses_hands_off_and_finishes(
             assert gen1.generation == 1
             assert [e.text for e in gen1.entries if e.role == "agent"][-1] == answer.stdout.strip()
 
+            # A question that needs a human decision: --wait returns, naming the blocker.
+            asked = await cli(store, "say", wid, "I want a refund", "--wait", "--address", address)
+            assert asked.exit_code == 0, asked.output
+            assert "waiting for a human decision on REFUND-A-1" in asked.stderr
+            decided = await cli(store, "decide", wid, "REFUND-A-1", "approve", "--address", address)
+            assert decided.exit_code == 0, decided.output
+            st = await wait_status(starter, wid, lambda s: s.awaiting_input, "the refund answer")
+            assert st.generation == 1 and not st.open_blockers
+            gen1 = await page(starter, wid)
+            refund = [e.text for e in gen1.entries if e.role == "agent"][-1]
+            assert refund == EXCHANGES[2].reply
+
             await handed_off_and_waiting(starter, wid, 2)
             bye = await cli(store, "say", wid, "thanks!", "--wait", "--address", address)
             assert bye.exit_code == 0, bye.output
@@ -176,7 +201,7 @@ async def test_free_form_session_converses_hands_off_and_finishes(
     assert bye.stdout.strip() == "Glad I could help. Closing this conversation."
     assert result.reason == TerminationReason.FINISHED
     assert result.generation == 2
-    assert result.summary == EXCHANGES[2].finish
+    assert result.summary == EXCHANGES[-1].finish
     assert result.final_reply == "Glad I could help. Closing this conversation."
     assert result.project.notes == ["Order A-1 shipped with DHL on 2026-11-30."]
 
@@ -187,16 +212,26 @@ async def test_free_form_session_converses_hands_off_and_finishes(
     said_by = [(e["generation"], e["text"]) for e in entries if e["role"] == "agent" and e["text"]]
     assert {g for g, _ in said_by} == {0, 1, 2}
     replies = [t for _, t in said_by]
-    for text in (said.stdout.strip(), answer.stdout.strip(), result.final_reply):
+    for text in (said.stdout.strip(), answer.stdout.strip(), refund, result.final_reply):
         assert text in replies, text
     # Each successor's handoff carried the goal, the agent's note and the recent exchange.
-    handoffs = sorted({t for t in agent.systems if "Handoff from your previous generation" in t})
-    assert len(handoffs) == 2
+    handoffs = {t for t in agent.systems if "Handoff from your previous generation" in t}
+    first = [t for t in handoffs if "generation 0 → 1" in t]
+    second = [t for t in handoffs if "generation 1 → 2" in t]
+    assert len(first) == len(second) == 1 and len(handoffs) == 2
     for text in handoffs:
         assert project.goal in text and "Order A-1 shipped with DHL on 2026-11-30." in text
-        assert "[human] Where is my order A-1?" in text
-        assert "[agent] Your order A-1: shipped 2026-11-30 with DHL (order A-1)." in text
-    assert sum("[human] Can I change the address?" in t for t in handoffs) == 1
+    assert "[human] Where is my order A-1?" in first[0]
+    assert "[agent] Your order A-1: shipped 2026-11-30 with DHL (order A-1)." in first[0]
+    # The newest lines of the exchange, across both generations, oldest first.
+    lines = second[0].split("## Recent exchange (oldest first)\n")[1].split("\n\n")[0]
+    assert lines.splitlines()[-4:] == [
+        "[human] I want a refund",
+        "[human] Human decision on blocker `REFUND-A-1`: approve",
+        f"[agent] {EXCHANGES[2].reply}",
+        "… and 2 more (recall with `recall` tool: {\"generation\": 1, \"section\": \"human_messages\"})",
+    ]
+    assert "[human] Can I change the address?" in lines
     assert [(e.generation, e.text) for e in live if e.role == "agent" and e.text] == said_by
     # On a closed session --follow prints everything and returns.
     after = await cli(store, "transcript", wid, "--follow", "--json", "--address", address)

@@ -90,6 +90,8 @@ class TranscriptPage(DurableModel):
     entries: list[TranscriptEntry] = Field(default_factory=list)
     awaiting_input: bool = False
     """The agent has replied and waits for the human's next message."""
+    awaiting_decision: list[str] = Field(default_factory=list)
+    """Open human-decision blockers the session waits on (`handoff decide`)."""
     closed: bool = False
     """The session is finishing (no more replies in this run)."""
 

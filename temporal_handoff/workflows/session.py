@@ -344,6 +344,10 @@ class AgentSessionWorkflow:
             offset=page.offset,
             entries=entries[page.offset : page.offset + page.limit],
             awaiting_input=self._book.waiting_for_input(),
+            awaiting_decision=[
+                b.id for b in self._book.state.open_blockers()
+                if b.type == BlockerType.HUMAN_DECISION
+            ],
             closed=self._book.phase == Phase.CLOSING,
         )
 
