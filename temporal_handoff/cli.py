@@ -277,7 +277,12 @@ def worker(
     run(go)
 
 
-def _load_project(path: Path | None, tasks: int, phases: int) -> ProjectState:
+def _load_project(
+    path: Path | None, tasks: int, phases: int, goal: str | None = None
+) -> ProjectState:
+    if path is None and goal is not None:
+        # A free-form session: a conversation toward the goal, ended by the agent.
+        return ProjectState(name="conversation", goal=goal)
     if path is None:
         return synthetic_project(tasks, phases)
     try:
@@ -296,6 +301,10 @@ def start(
     project: Path | None = typer.Option(None, help="orchestrator state, state.json or ProjectState JSON"),
     tasks: int = typer.Option(20, min=1, help="synthetic project size when no file is given"),
     phases: int = typer.Option(3, min=1),
+    goal: str | None = typer.Option(
+        None,
+        help="without --project: a free-form session (a conversation toward GOAL, no tasks)",
+    ),
     config_json: str = typer.Option(
         "{}", "--config",
         help="SessionConfig as JSON (with --resume-from: only the keys to change)",
@@ -321,6 +330,12 @@ def start(
         fail("invalid config: expected a JSON object")
     if wait and not resume_from:
         fail("--wait needs --resume-from")
+    if goal is not None and (project is not None or resume_from):
+        fail("goal: --goal starts a free-form session; it goes without --project and --resume-from")
+    if goal is not None and not goal.strip():
+        fail("goal: must not be blank")
+    if goal is not None and len(goal) > 16_000:
+        fail(f"goal: at most 16,000 characters (got {len(goal):,})")
 
     async def go() -> None:
         from temporal_handoff.resume import ResumeError, resume_session
@@ -335,7 +350,7 @@ def start(
             inp = resumed.input
             err_console.print(resumed.note, highlight=False, markup=False)
         else:
-            inp = SessionInput(config=cfg, project=_load_project(project, tasks, phases))
+            inp = SessionInput(config=cfg, project=_load_project(project, tasks, phases, goal))
         wid = workflow_id or f"session-{uuid.uuid4().hex[:12]}"
         with _already_started(wid):
             await client.start_workflow(
@@ -526,6 +541,10 @@ def status(
             f"tasks {st.tasks_done}/{st.tasks_total} · tokens {st.total_tokens:,} "
             f"(${st.cost_usd:.4f})" + (" · paused" if st.paused else "")
         )
+        if st.awaiting_input:
+            console.print(
+                f'  waiting for your message: handoff say {st.session_id} "…" --wait', markup=False
+            )
         for b in st.open_blockers:
             console.print(f"  blocker {b['id']} ({b['type']}): {b['description']}")
         for reason in st.rejected_commands[-3:]:
@@ -593,6 +612,8 @@ def result(
                     "tasks_completed": res.project.completed_count,
                     "tasks_total": len(res.project.tasks),
                     "total_tokens": res.ledger.total_tokens,
+                    "final_reply": res.final_reply,
+                    "summary": res.summary,
                 },
                 sort_keys=True,
             )

@@ -21,8 +21,6 @@ from typer.testing import CliRunner, Result
 
 from temporal_handoff import (
     ProjectState,
-    SessionConfig,
-    SessionInput,
     SessionResult,
     ToolSpec,
     UserTool,
@@ -46,6 +44,7 @@ from tests.helpers import start_session
 from tests.waits import wait_status
 
 runner = CliRunner()
+GOAL = "Answer the customer's questions about order A-1"
 
 LOOKUP = ToolSpec(
     name="lookup_order",
@@ -141,18 +140,19 @@ async def test_free_form_session_converses_hands_off_and_finishes(
 
     task_queue = f"tq-free-{uuid.uuid4()}"
     wid = f"free-form-{uuid.uuid4()}"
-    project = ProjectState(name="support", goal="Answer the customer's questions about order A-1")
     agent = Recording(ConversationBrain(EXCHANGES))
     with FakeAnthropicServer(brain=agent) as fake:
         async with running_worker(
             client, task_queue, fake.base_url, storage=storage,
             tools=[UserTool(spec=LOOKUP, fn=lookup_order)],
         ):
-            handle = await starter.start_workflow(
-                "AgentSessionWorkflow",
-                SessionInput(config=SessionConfig(user_tools=[LOOKUP]), project=project),
-                id=wid, task_queue=task_queue, result_type=SessionResult,
+            started = await cli(
+                store, "start", "--goal", GOAL, "--id", wid, "--task-queue", task_queue,
+                "--config", json.dumps({"user_tools": [LOOKUP.model_dump()]}),
+                "--address", address,
             )
+            assert started.exit_code == 0 and started.stdout.strip() == wid, started.output
+            handle = starter.get_workflow_handle(wid, result_type=SessionResult)
             # What `transcript --follow` prints: every entry as it comes, across
             # handoffs, until the session closes.
             following = asyncio.ensure_future(collect(transcripts.follow(starter, wid, set())))
@@ -205,6 +205,8 @@ async def test_free_form_session_converses_hands_off_and_finishes(
     assert result.final_reply == "Glad I could help. Closing this conversation."
     assert result.project.notes == ["Order A-1 shipped with DHL on 2026-11-30."]
 
+    summary = await cli(store, "result", wid, "--address", address)
+    assert json.loads(summary.stdout)["final_reply"] == result.final_reply, summary.output
     # Every generation's replies, read back from history and the payload store.
     shown = await cli(store, "transcript", wid, "--json", "--address", address)
     assert shown.exit_code == 0, shown.output
@@ -220,7 +222,7 @@ async def test_free_form_session_converses_hands_off_and_finishes(
     second = [t for t in handoffs if "generation 1 → 2" in t]
     assert len(first) == len(second) == 1 and len(handoffs) == 2
     for text in handoffs:
-        assert project.goal in text and "Order A-1 shipped with DHL on 2026-11-30." in text
+        assert GOAL in text and "Order A-1 shipped with DHL on 2026-11-30." in text
     assert "[human] Where is my order A-1?" in first[0]
     assert "[agent] Your order A-1: shipped 2026-11-30 with DHL (order A-1)." in first[0]
     # The newest lines of the exchange, across both generations, oldest first.

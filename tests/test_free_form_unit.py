@@ -107,6 +107,10 @@ def test_inputs_are_validated() -> None:
     assert res.exit_code == 2 and res.stderr.startswith("error: role: unknown role 'robot'")
     res = runner.invoke(app, ["transcript", "s", "--follow", "--generation", "1"])
     assert res.exit_code == 2 and "generation:" in res.stderr
+    res = runner.invoke(app, ["start", "--goal", "chat", "--project", "p.json"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: goal: --goal starts a free-form")
+    res = runner.invoke(app, ["start", "--goal", " "])
+    assert res.exit_code == 2 and res.stderr.startswith("error: goal: must not be blank")
 
 
 def test_readme_python_imports_resolve() -> None:
