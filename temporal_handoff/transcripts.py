@@ -1,9 +1,9 @@
 """Read what the agent said, across generations: `handoff transcript` and `say --wait`.
 
 A running generation answers the `transcript` query. A closed one is read from its
-Temporal history: its last `call_model` input holds the generation's conversation and
-that call's result the agent's last reply; the client's data converter fetches both
-from the payload store when they were kept out of history. Both go through
+Temporal history (:mod:`temporal_handoff.runs`): its last `call_model` input holds the
+generation's conversation and that call's result the agent's last reply; the client's
+data converter fetches both from the payload store when they were kept out of history. Both go through
 `transcript_of`, so they read alike.
 """
 
@@ -14,14 +14,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from temporalio.api.common.v1 import Payloads
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from temporal_handoff.chain import RunSummary, session_chain
-from temporal_handoff.schemas.model_io import ModelRequest, ModelResponse
-from temporal_handoff.schemas.session import SessionInput, SessionResult
+from temporal_handoff.runs import Run, read_run, read_runs
+from temporal_handoff.schemas.session import SessionResult
 from temporal_handoff.schemas.transcript import (
     TranscriptEntry,
     TranscriptPage,
@@ -32,42 +29,15 @@ from temporal_handoff.schemas.transcript import (
 POLL_S = 0.2
 
 
-async def run_transcript(
-    client: Client, workflow_id: str, run_id: str, max_chars: int = 4_000
-) -> list[TranscriptEntry]:
+def run_transcript(run: Run, max_chars: int = 4_000) -> list[TranscriptEntry]:
     """One closed run's transcript, from its history (its last model call)."""
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    generation = 0
-    last_input: Payloads | None = None
-    last_id = 0
-    answers: dict[int, Payloads] = {}
-    async for event in handle.fetch_history_events():
-        et = event.event_type
-        if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            attrs = event.workflow_execution_started_event_attributes
-            inp = (await client.data_converter.decode(attrs.input.payloads, [SessionInput]))[0]
-            generation = inp.generation
-        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            attrs_s = event.activity_task_scheduled_event_attributes
-            if attrs_s.activity_type.name == "call_model":
-                last_input, last_id = attrs_s.input, event.event_id
-        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            done = event.activity_task_completed_event_attributes
-            answers[done.scheduled_event_id] = done.result
-    if last_input is None:
+    if run.last_model_request is None:
         return []
-    req: ModelRequest = (
-        await client.data_converter.decode(last_input.payloads, [ModelRequest])
-    )[0]
-    messages = list(req.messages)
-    result = answers.get(last_id)
-    if result is not None:
-        resp: ModelResponse = (
-            await client.data_converter.decode(result.payloads, [ModelResponse])
-        )[0]
-        if resp.content and not resp.preflight_refused and not resp.cancelled:
-            messages.append({"role": "assistant", "content": resp.content})
-    return transcript_of(messages, generation, max_chars)
+    messages = list(run.last_model_request.messages)
+    reply = run.last_model_reply
+    if reply is not None and reply.content and not reply.preflight_refused and not reply.cancelled:
+        messages.append({"role": "assistant", "content": reply.content})
+    return transcript_of(messages, run.generation, max_chars)
 
 
 async def live_transcript(
@@ -91,15 +61,16 @@ async def live_transcript(
 
 
 async def generation_transcript(
-    client: Client, row: RunSummary, max_chars: int = 4_000
+    client: Client, run: Run, max_chars: int = 4_000
 ) -> list[TranscriptEntry]:
     """One generation's entries: live if its run is open, else from history."""
-    if row.status == "RUNNING":
+    if run.status == "RUNNING":
         with contextlib.suppress(WorkflowQueryFailedError, RPCError):
-            page = await live_transcript(client, row.workflow_id, row.run_id, max_chars)
+            page = await live_transcript(client, run.workflow_id, run.run_id, max_chars)
             return page.entries
         # It closed meanwhile: its history is complete now.
-    return await run_transcript(client, row.workflow_id, row.run_id, max_chars)
+        run = await read_run(client, run.workflow_id, run.run_id)
+    return run_transcript(run, max_chars)
 
 
 async def session_transcript(
@@ -110,14 +81,14 @@ async def session_transcript(
     Raises:
         ValueError: the session has no such generation.
     """
-    rows = await session_chain(client, workflow_id)
+    runs = await read_runs(client, workflow_id)
     if generation is not None:
-        rows = [r for r in rows if r.generation == generation]
-        if not rows:
+        runs = [r for r in runs if r.generation == generation]
+        if not runs:
             raise ValueError(f"generation: {workflow_id!r} has no generation {generation}")
     out: list[TranscriptEntry] = []
-    for row in rows:
-        out += await generation_transcript(client, row, max_chars)
+    for run in runs:
+        out += await generation_transcript(client, run, max_chars)
     return out
 
 
@@ -139,12 +110,12 @@ async def follow(
         fresh: list[TranscriptEntry] = []
         if desc.run_id != current or not running:
             current = desc.run_id
-            for row in await session_chain(client, workflow_id):
-                if row.run_id in read or (row.status == "RUNNING" and running):
+            for run in await read_runs(client, workflow_id):
+                if run.run_id in read or (run.status == "RUNNING" and running):
                     continue
-                if row.status != "RUNNING":
-                    read.add(row.run_id)
-                fresh += await generation_transcript(client, row, max_chars)
+                if run.status != "RUNNING":
+                    read.add(run.run_id)
+                fresh += await generation_transcript(client, run, max_chars)
         if running:
             with contextlib.suppress(WorkflowQueryFailedError, RPCError):
                 page = await live_transcript(client, workflow_id, desc.run_id, max_chars)

@@ -223,17 +223,17 @@ async def test_free_form_session_converses_hands_off_and_finishes(
     assert len(first) == len(second) == 1 and len(handoffs) == 2
     for text in handoffs:
         assert GOAL in text and "Order A-1 shipped with DHL on 2026-11-30." in text
-    assert "[human] Where is my order A-1?" in first[0]
+    assert "<human_message>Where is my order A-1?</human_message>" in first[0]
     assert "[agent] Your order A-1: shipped 2026-11-30 with DHL (order A-1)." in first[0]
     # The newest lines of the exchange, across both generations, oldest first.
     lines = second[0].split("## Recent exchange (oldest first)\n")[1].split("\n\n")[0]
     assert lines.splitlines()[-4:] == [
-        "[human] I want a refund",
-        "[human] Human decision on blocker `REFUND-A-1`: approve",
+        "<human_message>I want a refund</human_message>",
+        "<human_message>Human decision on blocker `REFUND-A-1`: approve</human_message>",
         f"[agent] {EXCHANGES[2].reply}",
         "… and 2 more (recall with `recall` tool: {\"generation\": 1, \"section\": \"human_messages\"})",
     ]
-    assert "[human] Can I change the address?" in lines
+    assert "<human_message>Can I change the address?</human_message>" in lines
     assert [(e.generation, e.text) for e in live if e.role == "agent" and e.text] == said_by
     # On a closed session --follow prints everything and returns.
     after = await cli(store, "transcript", wid, "--follow", "--json", "--address", address)

@@ -8,8 +8,10 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from temporal_handoff.cli import app
+from temporal_handoff.documents.build import build_document
+from temporal_handoff.documents.render import render_prompt
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.handoff import HandoffContext, build_document, render_prompt
+from temporal_handoff.schemas.handoff import HandoffContext
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.model_io import ToolSpec
 from temporal_handoff.schemas.project import EventError, ProjectState, StateEvent, apply_event
@@ -86,7 +88,10 @@ def test_free_form_handoff_document() -> None:
     for level in ("minimal", "standard", "full"):
         prompt = render_prompt(doc, level).prompt
         assert "A-1 shipped with DHL" in prompt and "refund wanted?" in prompt
-        assert prompt.index("[human] where is A-1?") < prompt.index("[agent] shipped")
+        # Human lines are quoted blocks; the agent's are ours.
+        assert prompt.index("<human_message>where is A-1?</human_message>") < prompt.index(
+            "[agent] shipped"
+        )
         assert "Next eligible tasks" not in prompt and "`finish`" in prompt
 
 

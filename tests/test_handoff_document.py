@@ -11,7 +11,6 @@ import math
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +31,20 @@ from temporal_handoff.activities.tokenizer import (
     count_tokens,
     estimate_tokens,
 )
+from temporal_handoff.documents.build import (
+    MULTI_DAY_PAUSE_S,
+    build_document,
+    choose_template,
+    summarize_events,
+)
+from temporal_handoff.documents.markdown import to_markdown
+from temporal_handoff.documents.render import render_prompt
 from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.handoff import (
-    MULTI_DAY_PAUSE_S,
     HandoffContext,
     HandoffDocument,
     HandoffPayload,
     RunRef,
-    build_document,
-    choose_template,
-    render_prompt,
-    summarize_events,
 )
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import (
@@ -269,7 +271,7 @@ def test_levels_within_budget_at_bench_sizes(
     assert payload.prompt_tokens >= 0.6 * payload.budget  # the budget is used, not wasted
 
 
-def test_reduction_delta_and_speed_at_169(
+def test_reduction_and_delta_at_169(
     realistic: dict[int, tuple[ProjectState, HandoffContext]],
 ) -> None:
     state, ctx = realistic[169]
@@ -277,13 +279,7 @@ def test_reduction_delta_and_speed_at_169(
     full = render_payload(BuildHandoffInput(state=state, context=ctx, level="full"))
     assert 1 - full.prompt_tokens / naive >= 0.90
     assert 0 < full.delta_tokens <= 0.30 * full.prompt_tokens
-    inp = BuildHandoffInput(state=state, context=ctx, level="standard")
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        render_payload(inp)
-        times.append(time.perf_counter() - t)
-    assert min(times) <= 0.020
+    # Render speed is measured by bench/handoff_size.py, not asserted on a shared machine.
 
 
 def test_bench_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
@@ -546,7 +542,7 @@ def test_to_json_is_stable_and_sorted(
 def test_markdown_and_summary(realistic: dict[int, tuple[ProjectState, HandoffContext]]) -> None:
     state, ctx = realistic[169]
     doc = build_document(state, ctx)
-    md = doc.to_markdown()
+    md = to_markdown(doc)
     for head in (
         "## Goal",
         "## Open blockers",

@@ -451,7 +451,7 @@ async def test_failed_session_resumes(
                 while (await handle.describe()).status != WorkflowExecutionStatus.FAILED:
                     await asyncio.sleep(0.05)
 
-            await asyncio.wait_for(failed(), timeout=60)
+            await asyncio.wait_for(failed(), timeout=180)
             new = f"{old}-resumed"
             res = await resume_cli(env, old, new, task_queue)
             assert res.exit_code == 0, res.output
@@ -498,7 +498,7 @@ async def test_timed_out_session_resumes(
                 while (await handle.describe()).status != WorkflowExecutionStatus.TIMED_OUT:
                     await asyncio.sleep(0.05)
 
-            await asyncio.wait_for(timed_out(), timeout=60)
+            await asyncio.wait_for(timed_out(), timeout=180)
             fake.latency_s = 0.0
             new = f"{old}-resumed"
             res = await resume_cli(env, old, new, task_queue)
@@ -522,14 +522,14 @@ async def test_resume_refuses_a_running_session_then_waits_with_wait(
             old = handle.id
             new = f"{old}-resumed"
             try:
-                res = await asyncio.wait_for(resume_cli(env, old, new, task_queue), timeout=30)
+                res = await asyncio.wait_for(resume_cli(env, old, new, task_queue), timeout=120)
             except TimeoutError:
                 await handle.terminate("the resume hung on a running session")
                 raise AssertionError("`start --resume-from` hung on a running session") from None
             assert_one_error(res, "still running", "--wait", f"handoff abort {old}", code=2)
             waiting = asyncio.ensure_future(resume_cli(env, old, new, task_queue, "--wait"))
             await handle.signal("abort")
-            res = await asyncio.wait_for(waiting, timeout=60)
+            res = await asyncio.wait_for(waiting, timeout=180)
             assert res.exit_code == 0, res.output
             result = await session_result(client, new)
     assert "(USER_ABORT)" in " ".join(res.stderr.split())

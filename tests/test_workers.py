@@ -115,7 +115,9 @@ class Cluster:
         self._polling |= both[0] & both[1]
         return self._polling
 
-    async def wait_polling(self, *identities: str, timeout: float = 30.0) -> None:
+    async def wait_polling(self, *identities: str, timeout: float = 240.0) -> None:
+        """Until every worker polls; the bound only catches a worker that never starts
+        (an exited one fails at once), so it is generous for a loaded 2-core machine."""
         deadline = time.monotonic() + timeout
         while not set(identities) <= (seen := await self.pollers()):
             for i in identities:

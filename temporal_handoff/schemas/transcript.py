@@ -9,6 +9,7 @@ both show the same thing.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -16,7 +17,10 @@ from pydantic import Field, ValidationError
 from temporal_handoff.schemas.base import DurableModel, HumanInput
 
 HUMAN_PREFIX = "[human] "
-"""How human text (`say`, decisions, operator commands) is marked in the conversation."""
+"""How human text was marked in conversations before patch quote-human-text-1; since,
+it is a delimited, escaped block (`temporal_handoff.human_text`)."""
+
+_BLOCK_RE = re.compile(r"<(human_[a-z_]+)(?: [^<>]*)?>\n?(.*?)\n?</\1>", re.DOTALL)
 
 Role = Literal["session", "human", "agent", "tool"]
 
@@ -100,9 +104,24 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: max(0, n - 1)] + "…"
 
 
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+
+
 def split_human(text: str) -> tuple[str, str]:
-    """(session part, human part) of a user text: human text starts with `HUMAN_PREFIX`
-    at the start or after a blank line, and runs to the end."""
+    """(session part, human part) of a user text.
+
+    Human text is a quoted block (`human_text.quote`, with an optional lead line of
+    ours right above it, as a decision has), or in older runs lines starting with
+    `HUMAN_PREFIX`; it follows the session's own text after a blank line, or is the
+    whole text, and runs to the end."""
+    first = _BLOCK_RE.search(text)
+    if first is not None:
+        at = first.start()
+        line = text.rfind("\n", 0, max(0, at - 1)) + 1 if at else 0
+        if at and text[at - 1] == "\n" and line < at - 1 and (line == 0 or text[line - 2 : line] == "\n\n"):
+            at = line  # the lead line belongs to the human part
+        return text[:at].rstrip("\n"), text[at:]
     if text.startswith(HUMAN_PREFIX):
         return "", text
     at = text.find("\n\n" + HUMAN_PREFIX)
@@ -111,8 +130,10 @@ def split_human(text: str) -> tuple[str, str]:
     return text[:at], text[at + 2 :]
 
 
-def _human_text(text: str) -> str:
-    lines = [ln.removeprefix(HUMAN_PREFIX) for ln in text.split("\n")]
+def human_text(part: str) -> str:
+    """The human part of a user text as people wrote it (blocks unquoted, prefixes gone)."""
+    unquoted = _BLOCK_RE.sub(lambda m: _unescape(m.group(2)), part)
+    lines = [ln.removeprefix(HUMAN_PREFIX) for ln in unquoted.split("\n")]
     return "\n".join(lines).strip()
 
 
@@ -170,7 +191,7 @@ def transcript_of(
             elif block.get("type") == "text":
                 session, human = split_human(str(block.get("text", "")))
                 add("session", session.strip())
-                add("human", _human_text(human))
+                add("human", human_text(human))
     return out
 
 

@@ -4,15 +4,16 @@ Like `ScriptedAgentBrain` it sees only the request (system prompt, messages, too
 keeps no memory between requests, so what the session forgets across a handoff, this
 agent forgets too. It speaks the session's conversation protocol:
 
-* Human text is a user text block starting with ``[human] `` (several lines, each so
-  marked). The newest such text in the messages is "the question".
+* Human text is a quoted ``<human_message>`` / ``<human_decision>`` block
+  (`temporal_handoff.human_text`; ``[human] `` lines in older runs) in a user text
+  block. The newest such text in the messages, unquoted, is "the question".
 * An `Exchange` answers a question containing its ``when`` (case-insensitive): first its
   ``tool`` (a user tool, say) with ``tool_input``, plus ``add_note`` with its ``note``;
   once the tool's result is in the messages, its ``reply`` (``{result}`` is replaced by
   the tool's result text), and ``finish`` with its summary if ``finish`` is set.
 * No question in the messages (generation 0's opening, or a successor's first turn):
-  the greeting, or after a handoff a resume line quoting the last ``[human]`` line of
-  the handoff's recent exchange (in the system prompt), if the handoff kept one.
+  the greeting, or after a handoff a resume line quoting the last human block of the
+  handoff (in the system prompt), if the handoff kept one.
 * A question no exchange matches gets ``fallback``.
 
 ``filler_words`` pads every reply with deterministic text, so a small window fills and
@@ -27,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from temporal_handoff.schemas.model_io import block_text, prompt_text
+from temporal_handoff.schemas.transcript import human_text, split_human
 from temporal_handoff.testing.brain import BrainReply, filler
 
-HUMAN_PREFIX = "[human] "
 _HANDOFF_MARK = "Handoff from your previous generation"
-_HUMAN_LINE = re.compile(r"\[human\] ([^\n]+)")
+_HUMAN_BLOCK = re.compile(r"<human_message(?: [^<>]*)?>([^<>]*)</human_message>")
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,8 @@ def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _human_of(text: str) -> str | None:
-    at = 0 if text.startswith(HUMAN_PREFIX) else text.find("\n\n" + HUMAN_PREFIX)
-    if at < 0:
-        return None
-    part = text[at:].strip()
-    return "\n".join(line.removeprefix(HUMAN_PREFIX) for line in part.split("\n"))
+    _, part = split_human(text)
+    return human_text(part) or None
 
 
 @dataclass
@@ -115,7 +113,7 @@ class ConversationBrain:
         )
         if _HANDOFF_MARK not in text:
             return self.greeting
-        said = _HUMAN_LINE.findall(text)
+        said = [human_text(f"<human_message>{x}</human_message>") for x in _HUMAN_BLOCK.findall(text)]
         return self.resume.format(last=said[-1].strip() if said else "(nothing kept)")
 
     @staticmethod

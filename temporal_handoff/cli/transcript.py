@@ -1,14 +1,14 @@
 """`handoff transcript`: what the agent (and the humans) said, every generation.
 
-Registered on the `app` of :mod:`temporal_handoff.cli`. Running generations answer the
-`transcript` query; closed ones are read from Temporal history and the payload store.
+Running generations answer the `transcript` query; closed ones are read from Temporal
+history and the payload store (:mod:`temporal_handoff.transcripts`).
 """
 
 from __future__ import annotations
 
 import typer
 
-from temporal_handoff.cli import (
+from temporal_handoff.cli.common import (
     ADDRESS,
     NAMESPACE,
     CliError,
