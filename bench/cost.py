@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MODEL, bench_client, dev_server, emit, fmt_table, temp_store, worker_process
 
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 from temporal_handoff.schemas.tokens import USAGE_FIELDS
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 
 TARGET_FRACTION = 0.80
 TARGET_USD_RATIO = 0.30

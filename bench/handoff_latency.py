@@ -44,9 +44,9 @@ from temporalio.api.enums.v1 import EventType
 
 from temporal_handoff.chain import session_chain
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 
 TARGET_P50 = 150.0
 TARGET_P95 = 300.0

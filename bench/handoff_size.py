@@ -32,14 +32,10 @@ from temporal_handoff.activities.tokenizer import count_tokens
 from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, RunRef
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import (
-    EventOp,
-    ProjectState,
-    StateEvent,
-    apply_event,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.state_events import EventOp, StateEvent, apply_event
 from temporal_handoff.schemas.tokens import TokenLedger, TokenUsage
+from temporal_handoff.testing.synthetic import synthetic_project
 
 SIZES = (169, 500, 5000)
 LEVELS = (CompressionLevel.MINIMAL, CompressionLevel.STANDARD, CompressionLevel.FULL)

@@ -50,8 +50,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
 from temporal_handoff.schemas.model_io import ToolSpec, prompt_text
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.testing import BrainReply, FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin, UserTool
 from tests.command_driver import (
     CommandDriver,

@@ -32,10 +32,10 @@ from _common import MODEL, REPO, emit, fmt_table, percentile
 
 from temporal_handoff.activities.tokenizer import calibrated, count_tokens
 from temporal_handoff.schemas.model_io import message_text, prompt_text
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.tokens import TokenLedger, TokenUsage
 from temporal_handoff.testing import EchoBrain, FakeAnthropicServer
 from temporal_handoff.testing.brain import filler
+from temporal_handoff.testing.synthetic import synthetic_project
 
 TARGET_ERROR = 0.03
 

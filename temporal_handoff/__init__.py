@@ -39,9 +39,10 @@ _EXPORTS = {
     "TranscriptQuery": "temporal_handoff.schemas.transcript",
     "DecideArgs": "temporal_handoff.schemas.session",
     "SayArgs": "temporal_handoff.schemas.session",
-    "synthetic_project": "temporal_handoff.schemas.project",
-    "from_orchestrator": "temporal_handoff.schemas.project",
-    "from_state_json": "temporal_handoff.schemas.project",
+    "synthetic_project": "temporal_handoff.testing.synthetic",
+    "from_orchestrator": "temporal_handoff.seeds",
+    "from_state_json": "temporal_handoff.seeds",
+    "read_seed": "temporal_handoff.seeds",
     "HandoffDocument": "temporal_handoff.schemas.handoff",
     "HandoffPayload": "temporal_handoff.schemas.handoff",
 }

@@ -25,8 +25,8 @@ from temporalio.service import RPCError
 from temporal_handoff.chain import RunSummary, session_chain
 from temporal_handoff.devloop import dev_loop, stop_on_signals
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult, SessionStatus
+from temporal_handoff.testing.synthetic import synthetic_project
 
 
 def chain_table(rows: list[RunSummary], title: str = "Handoff chain") -> Table:

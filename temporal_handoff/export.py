@@ -4,6 +4,10 @@
     DIR/session-summaries/000.md        handoff document of generation 0 (to_markdown)
     DIR/session-summaries/001.md        ...
 
+With `--layout context-protocol` or `--layout orchestrator` the files are those of a
+seed format instead, written by the pure functions of :mod:`temporal_handoff.seeds.layouts`
+from the runs gathered here.
+
 JSON has sorted keys and a two-space indent; generation numbers are zero-padded so
 files list in order. The handoff payload of generation g is read from history (by
 :mod:`temporal_handoff.runs`): the result of the handoff child generation g started,
@@ -14,16 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from temporal_handoff.documents.build import build_document
 from temporal_handoff.documents.markdown import to_markdown
 from temporal_handoff.runs import Run, read_handoff, read_runs
-from temporal_handoff.schemas.handoff import HandoffPayload
+from temporal_handoff.schemas.config import CompressionLevel
+from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload
+from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.tokens import TokenLedger
+from temporal_handoff.seeds.layouts import Generation, context_protocol_files, orchestrator_files
 
 
 async def handoff_payloads(client: Client, runs: list[Run]) -> dict[int, HandoffPayload]:
@@ -97,3 +107,67 @@ async def export_session(client: Client, workflow_id: str, out_dir: Path) -> lis
         _write(path, to_markdown(payload.document))
         written.append(path)
     return written
+
+
+def _write_files(out_dir: Path, files: dict[str, str]) -> list[Path]:
+    written = []
+    for rel, text in files.items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, text)
+        written.append(path)
+    return written
+
+
+def _generations(
+    runs: list[Run], state: ProjectState, payloads: dict[int, HandoffPayload]
+) -> list[Generation]:
+    """One `Generation` per run: the state it started from and the one it left."""
+    out = []
+    for run in runs:
+        end = (
+            run.next_input.project if run.next_input is not None
+            else run.result.project if run.result is not None
+            else state
+        )
+        payload = payloads.get(run.generation)
+        doc = payload.document if payload is not None else None
+        fraction = (
+            doc.tokens.usage_fraction if doc is not None
+            else run.result.ledger.occupancy / run.result.ledger.context_window
+            if run.result is not None else None
+        )
+        handed_off = run.next_input is not None and run.handoff_child is not None
+        out.append(
+            Generation(
+                generation=run.generation, start=run.input.project, end=end,
+                started_at=run.start, closed_at=run.end,
+                ended="" if run.status == "RUNNING" else run.ended_by,
+                context_fraction=fraction,
+                handoff_id=(run.handoff_child or "") if handed_off else "",
+                handoff_tokens=payload.prompt_tokens if payload is not None else 0,
+            )
+        )
+    return out
+
+
+async def export_layout(
+    client: Client, workflow_id: str, out_dir: Path, layout: str,
+    level: CompressionLevel = CompressionLevel.STANDARD,
+) -> list[Path]:
+    """Write a session in a seed layout (`context-protocol` or `orchestrator`)."""
+    runs = await read_runs(client, workflow_id, calls=False)
+    state = await current_state(client, workflow_id, runs)
+    generations = _generations(runs, state, await handoff_payloads(client, runs))
+    last = runs[-1]
+    if layout == "context-protocol":
+        updated = last.end or datetime.now(UTC)
+        files = context_protocol_files(state, generations, updated_at=updated)
+    else:
+        ctx = HandoffContext(
+            session_id=workflow_id, generation=last.generation,
+            reason=last.result.reason if last.result else TerminationReason.MANUAL_FLUSH,
+            ledger=last.result.ledger if last.result else TokenLedger(),
+        )
+        files = orchestrator_files(state, generations, build_document(state, ctx), level)
+    return _write_files(Path(out_dir), files)

@@ -47,8 +47,9 @@ from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, RunRef
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import EventError, ProjectState, StateEvent, apply_event
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import Command, Health, SessionInput
+from temporal_handoff.schemas.state_events import EventError, StateEvent, apply_event
 from temporal_handoff.schemas.tokens import TokenLedger
 
 SESSION_WORKFLOW = "AgentSessionWorkflow"

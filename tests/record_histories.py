@@ -30,7 +30,7 @@ from temporalio.service import RPCError
 
 from temporal_handoff.chain import session_chain
 from temporal_handoff.schemas.model_io import ToolSpec
-from temporal_handoff.schemas.project import ProjectState, synthetic_project
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import DecideArgs, SayArgs, SessionResult, SessionStatus
 from temporal_handoff.testing import (
     ConversationBrain,
@@ -39,6 +39,7 @@ from temporal_handoff.testing import (
     Fault,
     ScriptedAgentBrain,
 )
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.devserver import start_dev_server
 from temporal_handoff.workers.plugin import HandoffPlugin, UserTool
 from tests.conftest import running_worker

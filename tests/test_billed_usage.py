@@ -15,11 +15,11 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import DecideArgs, SessionResult, SessionStatus
 from temporal_handoff.schemas.tokens import USAGE_FIELDS, TokenUsage
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.fake_server import Fault, RequestRecord
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 from tests.test_crashes import spawn_worker

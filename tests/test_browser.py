@@ -26,7 +26,6 @@ import pytest_asyncio
 from temporal_handoff.devloop import DevLoop, dev_loop
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffPayload
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import (
     AbortArgs,
     DecideArgs,
@@ -34,6 +33,7 @@ from temporal_handoff.schemas.session import (
     SessionResult,
 )
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.storage import external_storage
 from tests.conftest import running_worker
 from tests.helpers import call_model_inputs, is_store_reference

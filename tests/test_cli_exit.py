@@ -28,8 +28,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 

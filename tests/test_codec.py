@@ -28,9 +28,9 @@ from temporal_handoff.codec import (
 )
 from temporal_handoff.codec_server import serve_codec
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin
 from tests.conftest import running_worker
 from tests.helpers import start_session

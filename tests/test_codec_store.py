@@ -27,9 +27,9 @@ from temporal_handoff.codec import AesGcmCodec
 from temporal_handoff.codec_server import serve_codec
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin
 from temporal_handoff.workers.storage import external_storage
 from tests.conftest import running_worker

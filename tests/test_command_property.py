@@ -41,8 +41,8 @@ from hypothesis import strategies as st
 from temporalio.client import Client
 
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.command_driver import (
     COMMAND_WEIGHTS,
     WAITS,

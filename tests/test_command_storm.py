@@ -9,9 +9,9 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 
 from temporal_handoff.commands import send_update
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import DecideArgs, SayArgs, SessionResult, SessionStatus
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 

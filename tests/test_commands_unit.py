@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from temporal_handoff.schemas.project import (
-    HUMAN_TEXT_KEEP_BYTES,
-    StateEvent,
-    TaskStatus,
-    apply_event,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import Command, CommandKind
+from temporal_handoff.schemas.state_events import HUMAN_TEXT_KEEP_BYTES, StateEvent, apply_event
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workflows import _commands as commands
 from temporal_handoff.workflows._book import Phase, SessionBook
 

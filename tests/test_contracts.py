@@ -27,7 +27,7 @@ import temporal_handoff
 from temporal_handoff.schemas.base import DurableModel, HumanInput, validate_human
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.events import HandoffDelta, SealRequest
-from temporal_handoff.schemas.project import ProjectState, synthetic_project
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import (
     Command,
     CommandKind,
@@ -36,6 +36,7 @@ from temporal_handoff.schemas.session import (
     SessionInput,
 )
 from temporal_handoff.schemas.tokens import TokenLedger
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin
 from temporal_handoff.workflows import _command_input as command_input
 
@@ -215,33 +216,19 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.model_io.ModelResponse": set(),
     "schemas.model_io.ToolPolicy": set(),
     "schemas.model_io.ToolSpec": {"name"},
-    "schemas.project.AddBlockerArgs": {"description"},
-    "schemas.project.AddNoteArgs": {"text"},
-    "schemas.project.AddTodoArgs": {"text"},
-    "schemas.project.AnswerQuestionArgs": {"question_id"},
-    "schemas.project.AskQuestionArgs": {"text"},
     "schemas.project.Alternative": {"title"},
     "schemas.project.Blocker": {"id"},
-    "schemas.project.CompleteTaskArgs": {"task_id"},
     "schemas.project.Decision": {"id"},
     "schemas.project.ErrorRecord": {"message", "source"},
-    "schemas.project.FailTaskArgs": {"task_id"},
     "schemas.project.FileNote": {"path"},
-    "schemas.project.HumanMessageArgs": {"text"},
-    "schemas.project.NoteFileArgs": {"path"},
+    "schemas.project.HandoffRecord": set(),
+    "schemas.project.Milestone": set(),
     "schemas.project.Phase": {"id"},
     "schemas.project.Question": {"id"},
     "schemas.project.ProjectState": set(),
-    "schemas.project.RecordDecisionArgs": {"title"},
-    "schemas.project.RecordErrorArgs": {"message"},
-    "schemas.project.RejectAlternativeArgs": {"title"},
-    "schemas.project.ResolveBlockerArgs": {"blocker_id"},
-    "schemas.project.SetEnvironmentArgs": {"key"},
-    "schemas.project.SetPhaseArgs": {"phase_id"},
-    "schemas.project.StateEvent": {"op"},
+    "schemas.project.SeedHealth": set(),
+    "schemas.project.SeedInfo": set(),
     "schemas.project.Task": {"id"},
-    "schemas.project.TaskIdArgs": {"task_id"},
-    "schemas.project._Args": set(),
     "schemas.session.Command": {"kind"},
     "schemas.session.Health": set(),
     "schemas.session.SessionInput": set(),
@@ -250,6 +237,24 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
         "context_pct", "context_tokens", "context_window", "cost_usd", "generation",
         "lifecycle", "session_id", "tasks_done", "tasks_total", "total_tokens", "turn",
     },
+    "schemas.state_events.AddBlockerArgs": {"description"},
+    "schemas.state_events.AddNoteArgs": {"text"},
+    "schemas.state_events.AddTodoArgs": {"text"},
+    "schemas.state_events.AnswerQuestionArgs": {"question_id"},
+    "schemas.state_events.AskQuestionArgs": {"text"},
+    "schemas.state_events.CompleteTaskArgs": {"task_id"},
+    "schemas.state_events.FailTaskArgs": {"task_id"},
+    "schemas.state_events.HumanMessageArgs": {"text"},
+    "schemas.state_events.NoteFileArgs": {"path"},
+    "schemas.state_events.RecordDecisionArgs": {"title"},
+    "schemas.state_events.RecordErrorArgs": {"message"},
+    "schemas.state_events.RejectAlternativeArgs": {"title"},
+    "schemas.state_events.ResolveBlockerArgs": {"blocker_id"},
+    "schemas.state_events.SetEnvironmentArgs": {"key"},
+    "schemas.state_events.SetPhaseArgs": {"phase_id"},
+    "schemas.state_events.StateEvent": {"op"},
+    "schemas.state_events.TaskIdArgs": {"task_id"},
+    "schemas.state_events._Args": set(),
     "schemas.tokens.FieldStats": set(),
     "schemas.tokens.ModelPrice": {"cache_read", "cache_write", "input", "output"},
     "schemas.tokens.TokenLedger": set(),

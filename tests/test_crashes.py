@@ -17,10 +17,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from temporal_handoff.chain import session_chain
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import DecideArgs, SayArgs, SessionResult, SessionStatus
 from temporal_handoff.schemas.tokens import TokenUsage
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.devserver import start_dev_server
 from temporal_handoff.workers.plugin import HandoffPlugin
 from tests.conftest import running_worker

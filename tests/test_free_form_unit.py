@@ -14,7 +14,8 @@ from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffContext
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.model_io import ToolSpec
-from temporal_handoff.schemas.project import EventError, ProjectState, StateEvent, apply_event
+from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.state_events import EventError, StateEvent, apply_event
 from temporal_handoff.schemas.tools import state_tool_specs
 from temporal_handoff.schemas.transcript import TranscriptQuery, exchange_lines, transcript_of
 from temporal_handoff.workflows._free_form import finish_summary

@@ -39,14 +39,7 @@ from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.events import HandoffInput
 from temporal_handoff.schemas.handoff import HandoffContext, HandoffDocument, HandoffPayload
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import (
-    Blocker,
-    BlockerType,
-    ProjectState,
-    from_orchestrator,
-    from_state_json,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import Blocker, BlockerType, ProjectState
 from temporal_handoff.schemas.session import (
     AbortArgs,
     DecideArgs,
@@ -55,7 +48,9 @@ from temporal_handoff.schemas.session import (
     SessionResult,
     SessionStatus,
 )
+from temporal_handoff.seeds import from_orchestrator, from_state_json
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 
 SCALARS = (
@@ -377,34 +372,51 @@ def test_project_state_rejects_with_a_message(data: Any) -> None:
 
 
 def _orchestrator_like() -> st.SearchStrategy[dict[str, Any]]:
-    task = near(["id", "title", "name", "status", "dependencies", "depends_on", "phase",
-                 "estimate_h", "estimated_hours"])
+    task = near(["id", "title", "name", "status", "dependencies", "depends_on", "dependents",
+                 "phase", "estimate_h", "estimated_hours", "summary"])
     phase = near(["id", "name", "tasks"])
     return st.fixed_dictionaries(
         {},
         optional={
-            "metadata": JSON | near(["project", "name", "goal"]),
-            "context": JSON | near(["request", "goal", "environment"]),
+            "metadata": JSON | near(["project_name", "project", "name", "goal", "version",
+                                     "created_at"]),
+            "context": JSON | near(["request", "goal", "environment", "current_phase",
+                                    "active_tasks", "completed_tasks", "failed_tasks"]),
             "tasks": JSON | st.lists(task, max_size=3) | st.dictionaries(st.text(max_size=5), task, max_size=3),
-            "dag": JSON | st.fixed_dictionaries({"phases": JSON | st.lists(phase, max_size=3)}),
+            "dag": JSON | st.fixed_dictionaries(
+                {"phases": JSON | st.lists(phase, max_size=3)
+                 | st.dictionaries(st.text(max_size=5), phase, max_size=3)}
+            ),
+            "handoff_history": JSON | st.lists(near(["id", "timestamp", "tokens"]), max_size=2),
         },
     )
 
 
 def _state_json_like() -> st.SearchStrategy[dict[str, Any]]:
     task = near(["id", "title", "status", "depends_on", "dependencies", "phase"])
-    item = near(["id", "type", "description", "title", "status", "resolution", "decision", "rationale"])
+    item = near(["id", "type", "description", "title", "status", "resolution", "decision",
+                 "rationale", "question", "created", "timestamp", "resolved_at"])
+    milestone = near(["phase", "step", "description", "completed_at", "verification"])
+    step = JSON | near(["step", "id", "description", "name", "status"])
+    phase = near(["id", "name", "steps"]) | st.fixed_dictionaries(
+        {"steps": st.lists(step, max_size=3)}
+    )
     return st.fixed_dictionaries(
         {},
         optional={
-            "progress": JSON | near(["tasks", "project", "goal", "current_phase"]),
+            "progress": JSON | near(["tasks", "project", "goal", "current_phase", "current_step",
+                                     "phase_status", "step_status"]),
             "tasks": JSON | st.lists(task, max_size=3),
-            "completed_milestones": JSON,
+            "completed_milestones": JSON | st.lists(milestone | JSON, max_size=3),
             "blockers": JSON | st.lists(item, max_size=3),
             "decisions": JSON | st.lists(item, max_size=3),
             "environment": JSON,
             "project": JSON,
             "goal": JSON,
+            "phases": JSON | st.lists(phase, max_size=3) | st.dictionaries(st.text(max_size=3), phase, max_size=3),
+            "health": JSON | near(["total_milestones", "sessions_count", "completion_percentage"]),
+            "last_agent": JSON,
+            "last_updated": JSON,
         },
     )
 

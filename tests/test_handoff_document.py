@@ -47,13 +47,9 @@ from temporal_handoff.schemas.handoff import (
     RunRef,
 )
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import (
-    EventError,
-    ProjectState,
-    StateEvent,
-    apply_event,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.state_events import EventError, StateEvent, apply_event
+from temporal_handoff.testing.synthetic import synthetic_project
 
 NEXT_RE = re.compile(r"Next eligible tasks?:([^\n]*)")
 TICK_RE = re.compile(r"`([^`\n]+)`")

@@ -17,9 +17,11 @@ from temporal_handoff.documents.render import render_prompt
 from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.handoff import HandoffPayload
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import ProjectState, apply_event, synthetic_project
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import AbortArgs, DecideArgs, SessionResult
+from temporal_handoff.schemas.state_events import apply_event
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 from tests.test_handoff_document import ctx_for, ev

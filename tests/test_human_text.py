@@ -13,20 +13,16 @@ from temporal_handoff.documents.build import build_document
 from temporal_handoff.documents.render import render_prompt
 from temporal_handoff.human_text import is_quoted, quote, strip_quoted
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import (
-    Blocker,
-    BlockerType,
-    ProjectState,
-    apply_event,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import Blocker, BlockerType, ProjectState
 from temporal_handoff.schemas.session import Command, CommandKind, SayArgs, SessionResult
+from temporal_handoff.schemas.state_events import apply_event
 from temporal_handoff.testing import (
     ALL_TASKS_COMPLETE,
     AWAITING_DECISION,
     FakeAnthropicServer,
     ScriptedAgentBrain,
 )
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workflows import _commands as commands
 from temporal_handoff.workflows._book import SessionBook
 from tests.conftest import running_worker

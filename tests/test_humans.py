@@ -9,7 +9,7 @@ import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import TaskStatus, synthetic_project
+from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import (
     AbortArgs,
     DecideArgs,
@@ -19,6 +19,7 @@ from temporal_handoff.schemas.session import (
     TaskCommandArgs,
 )
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 

@@ -31,9 +31,10 @@ from temporal_handoff.cli import app
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffContext
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import Blocker, BlockerType, ProjectState, synthetic_project
+from temporal_handoff.schemas.project import Blocker, BlockerType, ProjectState
 from temporal_handoff.schemas.session import SessionInput, SessionResult, SessionStatus
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 
 DEFAULT_CAP = SessionConfig().max_payload_bytes

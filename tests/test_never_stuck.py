@@ -37,13 +37,7 @@ from temporal_handoff.schemas.events import LifecycleEvent
 from temporal_handoff.schemas.handoff import HandoffPayload
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
 from temporal_handoff.schemas.model_io import ToolSpec
-from temporal_handoff.schemas.project import (
-    Blocker,
-    BlockerType,
-    ProjectState,
-    TaskStatus,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import Blocker, BlockerType, ProjectState, TaskStatus
 from temporal_handoff.schemas.session import (
     AbortArgs,
     DecideArgs,
@@ -60,6 +54,7 @@ from temporal_handoff.testing import (
     Fault,
     ScriptedAgentBrain,
 )
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.devserver import temporal_binary
 from temporal_handoff.workers.plugin import HandoffPlugin, UserTool
 from tests import waits

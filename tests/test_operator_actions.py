@@ -47,7 +47,7 @@ from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.events import LifecycleEvent
 from temporal_handoff.schemas.handoff import HandoffPayload
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import TaskStatus, synthetic_project
+from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import (
     AbortArgs,
     SayArgs,
@@ -57,6 +57,7 @@ from temporal_handoff.schemas.session import (
     TaskCommandArgs,
 )
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.devserver import temporal_binary
 from tests.conftest import running_worker
 from tests.waits import (

@@ -20,11 +20,11 @@ from temporal_handoff.activities.cache_breakpoints import (
 )
 from temporal_handoff.activities.model_activity import _usage as activity_usage
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionResult
 from temporal_handoff.schemas.tokens import USAGE_FIELDS, TokenLedger, TokenUsage
 from temporal_handoff.testing import EchoBrain, FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.brain import filler
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffOptions
 from tests.conftest import running_worker
 from tests.helpers import start_session

@@ -8,10 +8,10 @@ from temporalio.client import Client
 
 from temporal_handoff.chain import session_chain
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import DecideArgs, SessionStatus
 from temporal_handoff.schemas.tokens import TokenUsage
 from temporal_handoff.testing import FakeAnthropicServer, Fault, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 

@@ -37,10 +37,10 @@ from temporal_handoff.cli import app
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.model_io import ModelResponse, ToolSpec
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SayArgs, SessionInput, SessionResult
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.brain import BrainReply
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin
 from tests.test_operator_actions import (
     assert_each_task_completed_once,

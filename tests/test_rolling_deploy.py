@@ -28,10 +28,11 @@ from temporal_handoff.cli import app
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, RunRef
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import TaskStatus, synthetic_project
+from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import Command, CommandKind, SessionInput
 from temporal_handoff.schemas.tokens import TokenLedger
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.test_operator_actions import (
     assert_children_closed,

@@ -18,9 +18,9 @@ from temporal_handoff.export import handoff_payloads
 from temporal_handoff.plotting import usage_series
 from temporal_handoff.runs import read_chain, read_handoff, read_run_input
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionResult
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin
 from temporal_handoff.workers.storage import DEFAULT_THRESHOLD_BYTES, external_storage
 from tests.conftest import running_worker

@@ -19,9 +19,9 @@ from temporalio.worker import Worker
 from temporal_handoff.documents.markdown import to_markdown
 from temporal_handoff.schemas.handoff import HandoffPayload
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SayArgs
 from temporal_handoff.testing import FakeAnthropicServer, Fault, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin
 from tests.helpers import start_session
 

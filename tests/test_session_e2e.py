@@ -9,9 +9,10 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from temporal_handoff.chain import session_chain
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import TaskStatus, synthetic_project
+from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import SessionInput
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 

@@ -17,10 +17,11 @@ from temporalio.service import RPCError
 
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import TaskStatus, synthetic_project
+from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import SessionInput, SessionResult, SessionStatus
 from temporal_handoff.testing import BrainReply, FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.brain import filler
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.waits import guarded
 

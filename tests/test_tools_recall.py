@@ -11,8 +11,9 @@ from temporalio.client import Client
 from temporal_handoff.schemas.events import LifecycleEvent
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.model_io import ToolSpec, message_text
-from temporal_handoff.schemas.project import from_orchestrator, from_state_json, synthetic_project
+from temporal_handoff.seeds import from_orchestrator, from_state_json
 from temporal_handoff.testing import BrainReply, FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import UserTool
 from tests.conftest import running_worker
 from tests.helpers import start_session

@@ -15,10 +15,11 @@ from typing import Any
 from temporalio.client import Client
 
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import TaskStatus, synthetic_project
+from temporal_handoff.schemas.project import TaskStatus
 from temporal_handoff.schemas.session import SessionResult
 from temporal_handoff.testing import BrainReply, FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.fake_server import RequestRecord
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 from tests.waits import wait_until

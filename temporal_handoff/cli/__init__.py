@@ -15,6 +15,7 @@ from temporal_handoff.cli import transcript  # noqa: F401
 from temporal_handoff.cli import codec  # noqa: F401
 from temporal_handoff.cli import visibility  # noqa: F401
 from temporal_handoff.cli import chain  # noqa: F401
+from temporal_handoff.cli import seeds  # noqa: F401
 from temporal_handoff.cli import cluster  # noqa: F401
 # isort: on
 from temporal_handoff.cli.common import app

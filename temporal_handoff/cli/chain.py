@@ -32,17 +32,39 @@ from temporal_handoff.plotting import draw_usage, usage_series
 def export(
     workflow_id: str,
     out_dir: Path = typer.Option(..., "--dir", help="output directory (created)"),
+    layout: str = typer.Option(
+        "native", "--layout",
+        help="native (state.json + handoff documents), context-protocol or orchestrator",
+    ),
+    level: str = typer.Option(
+        "standard", "--level", help="orchestrator layout: context_payload.json's compression level"
+    ),
     address: str | None = ADDRESS,
     namespace: str | None = NAMESPACE,
 ) -> None:
-    """Write state.json and session-summaries/<generation>.md (stable, diff-friendly)."""
-    from temporal_handoff.export import export_session
+    """Write a session as files: state.json and session-summaries/<generation>.md (native,
+    stable, diff-friendly), or a seed layout: context-protocol (state.json with health,
+    session-summaries/<date>-session-NN.md, decisions.log, blockers.log) or orchestrator
+    (.orchestrator_state.json, context_payload.json)."""
+    from temporal_handoff.export import export_layout, export_session
+    from temporal_handoff.schemas.config import CompressionLevel
+    from temporal_handoff.seeds.layouts import LAYOUTS
+
+    if layout not in ("native", *LAYOUTS):
+        fail(f"layout: unknown layout {layout!r} (expected native, {', '.join(LAYOUTS)})")
+    if level not in {lv.value for lv in CompressionLevel}:
+        fail(f"level: unknown level {level!r} (expected minimal, standard or full)")
 
     async def go() -> None:
         client = await connect(address, namespace)
         await describe(client, workflow_id)
         try:
-            paths = await export_session(client, workflow_id, out_dir)
+            if layout == "native":
+                paths = await export_session(client, workflow_id, out_dir)
+            else:
+                paths = await export_layout(
+                    client, workflow_id, out_dir, layout, CompressionLevel(level)
+                )
         except OSError as err:
             raise CliError(f"cannot write to {out_dir}: {err}") from None
         for p in paths:

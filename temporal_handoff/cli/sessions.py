@@ -22,34 +22,24 @@ from temporal_handoff.cli.common import (
     fail,
     run,
 )
+from temporal_handoff.cli.seeds import load_seed_file
 from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.config import SessionConfig
-from temporal_handoff.schemas.project import (
-    ProjectState,
-    from_orchestrator,
-    from_state_json,
-    synthetic_project,
-)
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import SessionInput
+from temporal_handoff.testing.synthetic import synthetic_project
 
 
 def _load_project(
     path: Path | None, tasks: int, phases: int, goal: str | None = None
 ) -> ProjectState:
+    """The synthetic project, a seed file (one-line CliError naming file and field), or
+    with `goal` a free-form session's state (a conversation toward it, no tasks)."""
     if path is None and goal is not None:
-        # A free-form session: a conversation toward the goal, ended by the agent.
         return ProjectState(name="conversation", goal=goal)
     if path is None:
         return synthetic_project(tasks, phases)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CliError(f"cannot read project file {path}: {err}") from None
-    if "tasks" in data and ("dag" in data or "metadata" in data):
-        return from_orchestrator(data)
-    if "progress" in data or "completed_milestones" in data:
-        return from_state_json(data)
-    return validate_human(ProjectState, data)
+    return load_seed_file(path).state
 
 
 @app.command()
@@ -92,6 +82,13 @@ def start(
         fail("goal: must not be blank")
     if goal is not None and len(goal) > 16_000:
         fail(f"goal: at most 16,000 characters (got {len(goal):,})")
+    # A bad project file is reported before anything connects.
+    seeded: ProjectState | None = None
+    if not resume_from:
+        try:
+            seeded = _load_project(project, tasks, phases, goal)
+        except CliError as err:
+            fail(str(err), err.code)
 
     async def go() -> None:
         from temporal_handoff.resume import ResumeError, resume_session
@@ -106,7 +103,8 @@ def start(
             inp = resumed.input
             err_console.print(resumed.note, highlight=False, markup=False)
         else:
-            inp = SessionInput(config=cfg, project=_load_project(project, tasks, phases, goal))
+            assert seeded is not None
+            inp = SessionInput(config=cfg, project=seeded)
         wid = workflow_id or f"session-{uuid.uuid4().hex[:12]}"
         with _already_started(wid):
             await client.start_workflow(

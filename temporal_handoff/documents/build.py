@@ -29,12 +29,8 @@ from temporal_handoff.schemas.handoff import (
     TokenSummary,
 )
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import (
-    DONE_STATUSES,
-    ProjectState,
-    StateEvent,
-    TaskStatus,
-)
+from temporal_handoff.schemas.project import DONE_STATUSES, ProjectState, TaskStatus
+from temporal_handoff.schemas.state_events import StateEvent
 
 __all__ = ["MULTI_DAY_PAUSE_S", "build_document", "choose_template", "summarize_events"]
 

@@ -8,7 +8,8 @@ from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
 from temporal_handoff.schemas.handoff import RunRef
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
-from temporal_handoff.schemas.project import ProjectState, StateEvent
+from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.state_events import StateEvent
 from temporal_handoff.schemas.tokens import TokenLedger
 
 

@@ -21,7 +21,8 @@ from pydantic import Field, field_validator
 from temporal_handoff.schemas.base import DurableModel, validate_human
 from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import BlockerType, StateEvent
+from temporal_handoff.schemas.project import BlockerType
+from temporal_handoff.schemas.state_events import StateEvent
 from temporal_handoff.schemas.tokens import TokenLedger
 
 __all__ = [

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from temporal_handoff.schemas.model_io import ToolSpec
-from temporal_handoff.schemas.project import BlockerType, EventOp
+from temporal_handoff.schemas.project import BlockerType
+from temporal_handoff.schemas.state_events import EventOp
 
 STATE_TOOLS: dict[str, EventOp] = {
     "complete_task": "complete_task",

@@ -27,6 +27,7 @@ from temporal_handoff.testing.fake_server import (
     RequestRecord,
     count_tokens,
 )
+from temporal_handoff.testing.synthetic import synthetic_project
 
 __all__ = [
     "ALL_TASKS_COMPLETE",
@@ -44,4 +45,5 @@ __all__ = [
     "ScriptedAgentBrain",
     "count_tokens",
     "stable_hash",
+    "synthetic_project",
 ]

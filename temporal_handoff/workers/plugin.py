@@ -43,7 +43,7 @@ from temporal_handoff.activities.recall_activity import recall
 from temporal_handoff.activities.tokenizer import estimate_tokens
 from temporal_handoff.schemas.config import STATE_TOOL_NAMES
 from temporal_handoff.schemas.model_io import ToolSpec
-from temporal_handoff.schemas.project import EventError
+from temporal_handoff.schemas.state_events import EventError
 from temporal_handoff.workers.search_attributes import (
     SearchAttributesMissing,
     ensure_search_attributes,

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from temporal_handoff.schemas.project import EventError, ProjectState, StateEvent, apply_event
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import AbortArgs, Command, Health
+from temporal_handoff.schemas.state_events import EventError, StateEvent, apply_event
 
 REMEMBERED_UPDATES = 200
 REMEMBERED_REJECTIONS = 20

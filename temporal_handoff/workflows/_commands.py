@@ -20,15 +20,7 @@ from pydantic import ValidationError
 from temporal_handoff.human_text import quote
 from temporal_handoff.schemas.base import validate_durable
 from temporal_handoff.schemas.handoff import HUMAN_TEXT_CAP_CHARS
-from temporal_handoff.schemas.project import (
-    HUMAN_TEXT_KEEP_BYTES,
-    EventError,
-    EventOp,
-    ProjectState,
-    StateEvent,
-    apply_event,
-    check_event,
-)
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import (
     AbortArgs,
     Command,
@@ -36,6 +28,14 @@ from temporal_handoff.schemas.session import (
     DecideArgs,
     SayArgs,
     TaskCommandArgs,
+)
+from temporal_handoff.schemas.state_events import (
+    HUMAN_TEXT_KEEP_BYTES,
+    EventError,
+    EventOp,
+    StateEvent,
+    apply_event,
+    check_event,
 )
 from temporal_handoff.workflows._book import Phase, SessionBook
 

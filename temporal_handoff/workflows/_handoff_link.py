@@ -34,7 +34,8 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.config import CompressionLevel
     from temporal_handoff.schemas.events import HandoffDelta, HandoffInput, SealRequest
     from temporal_handoff.schemas.handoff import PAYLOAD_TOO_LARGE, HandoffContext, HandoffPayload
-    from temporal_handoff.schemas.project import ProjectState, StateEvent
+    from temporal_handoff.schemas.project import ProjectState
+    from temporal_handoff.schemas.state_events import StateEvent
 
 
 async def build_payload(

@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.events import HandoffInput, SealRequest
     from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload
-    from temporal_handoff.schemas.project import EventError, StateEvent, apply_event
+    from temporal_handoff.schemas.state_events import EventError, StateEvent, apply_event
     from temporal_handoff.workflows._handoff_link import build_payload
 
 

@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
         message_text,
         wire_content,
     )
-    from temporal_handoff.schemas.project import BlockerType, EventError, StateEvent
+    from temporal_handoff.schemas.project import BlockerType
     from temporal_handoff.schemas.session import (
         AbortArgs,
         Command,
@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         SessionResult,
         SessionStatus,
     )
+    from temporal_handoff.schemas.state_events import EventError, StateEvent
     from temporal_handoff.schemas.tokens import TokenLedger
     from temporal_handoff.schemas.tools import (
         FINISH_TOOL,
