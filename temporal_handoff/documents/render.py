@@ -40,6 +40,7 @@ from temporal_handoff.documents.lines import (
     resolved_line,
     task_line,
 )
+from temporal_handoff.human_text import escape
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
 from temporal_handoff.schemas.handoff import (
     TEMPLATES,
@@ -518,10 +519,12 @@ def _free_form_sections(doc: HandoffDocument, n: int, add: Callable[..., None]) 
         total=doc.total("notes"),
         recall="notes",
     )
+    # The agent's lines are escaped too: a reply that echoes a human block must not
+    # read as one.
     exchange = [
         quoted_clip(x.removeprefix("[human] "), 2 * n)
         if x.startswith("[human] ")
-        else clip(x, 2 * n)
+        else clip(escape(x), 2 * n)
         for x in doc.recent_exchange
     ]
     add(
