@@ -358,29 +358,26 @@ def apply_event(state: ProjectState, event: StateEvent) -> str:
     raise EventError(f"unhandled op {event.op}")  # pragma: no cover - EVENT_ARGS is exhaustive
 
 
-def _trim_notes(state: ProjectState) -> None:
-    """Keep the newest notes within NOTES_KEEP_BYTES (the newest always stays)."""
-    sizes = [len(n.encode("utf-8")) for n in state.notes]
+def _drop_oldest(texts: list[str], budget: int) -> int:
+    """Delete the oldest texts until the rest fit `budget` UTF-8 bytes (the newest always
+    stays); how many were deleted."""
+    sizes = [len(t.encode("utf-8")) for t in texts]
     total, drop = sum(sizes), 0
-    while total > NOTES_KEEP_BYTES and drop < len(sizes) - 1:
+    while total > budget and drop < len(sizes) - 1:
         total -= sizes[drop]
         drop += 1
-    if drop:
-        del state.notes[:drop]
-        state.notes_archived += drop
+    del texts[:drop]
+    return drop
+
+
+def _trim_notes(state: ProjectState) -> None:
+    """Keep the newest notes within NOTES_KEEP_BYTES."""
+    state.notes_archived += _drop_oldest(state.notes, NOTES_KEEP_BYTES)
 
 
 def _trim_human_messages(state: ProjectState) -> None:
-    """Keep the newest messages within HUMAN_TEXT_KEEP_BYTES (the newest always stays)."""
-    sizes = [len(m.encode("utf-8")) for m in state.human_messages]
-    total = sum(sizes)
-    drop = 0
-    while total > HUMAN_TEXT_KEEP_BYTES and drop < len(sizes) - 1:
-        total -= sizes[drop]
-        drop += 1
-    if drop:
-        del state.human_messages[:drop]
-        state.human_messages_archived += drop
+    """Keep the newest messages within HUMAN_TEXT_KEEP_BYTES."""
+    state.human_messages_archived += _drop_oldest(state.human_messages, HUMAN_TEXT_KEEP_BYTES)
 
 
 def _phase_milestone(state: ProjectState, phase: str) -> None:
