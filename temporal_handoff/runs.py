@@ -27,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from temporal_handoff.schemas.events import HandoffInput
 from temporal_handoff.schemas.handoff import HandoffPayload, RunRef
-from temporal_handoff.schemas.model_io import ModelInfoResult, ModelResponse
+from temporal_handoff.schemas.model_io import ModelInfoResult, ModelRequest, ModelResponse
 from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 
@@ -87,6 +87,11 @@ class Run:
     with `calls=True`)."""
     model_attempts: int = 0
     """`call_model` attempts, retries included."""
+    last_model_request: ModelRequest | None = None
+    """The input of the run's last `call_model`: the generation's conversation up to
+    that call (read with `calls=True`)."""
+    last_model_reply: ModelResponse | None = None
+    """That call's result, if it completed."""
     model_info: ModelInfoResult | None = None
     """The `model_info` activity's answer (the window when the config leaves it out)."""
     handoff_child: str | None = None
@@ -186,10 +191,16 @@ async def read_run(client: Client, workflow_id: str, run_id: str, *, calls: bool
         start=events[0].event_time.ToDatetime(),
     )
     scheduled: dict[int, str] = {}
+    last_call: tuple[int, Any] | None = None
+    """The last `call_model` scheduled: its event id and input payloads."""
     for event in events[1:]:
         et = event.event_type
         if et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+            attrs_s = event.activity_task_scheduled_event_attributes
+            scheduled[event.event_id] = attrs_s.activity_type.name
+            if attrs_s.activity_type.name == "call_model":
+                last_call = (event.event_id, attrs_s.input.payloads)
+                run.last_model_reply = None
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             attempt = event.activity_task_started_event_attributes
             if scheduled.get(attempt.scheduled_event_id) == "call_model":
@@ -199,6 +210,8 @@ async def read_run(client: Client, workflow_id: str, run_id: str, *, calls: bool
             kind = scheduled.get(done.scheduled_event_id)
             if kind == "call_model" and calls:
                 run.model_calls.append(await _decode(client, done.result.payloads, ModelResponse))
+                if last_call is not None and done.scheduled_event_id == last_call[0]:
+                    run.last_model_reply = run.model_calls[-1]
             elif kind == "model_info" and calls:
                 run.model_info = await _decode(client, done.result.payloads, ModelInfoResult)
         elif et == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
@@ -207,6 +220,8 @@ async def read_run(client: Client, workflow_id: str, run_id: str, *, calls: bool
             run.status = _CLOSED[et]
             run.end = event.event_time.ToDatetime()
             await _read_close(client, run, event)
+    if calls and last_call is not None:
+        run.last_model_request = await _decode(client, last_call[1], ModelRequest)
     return run
 
 

@@ -203,6 +203,7 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.handoff.HandoffPayload": {
         "budget", "level", "prompt", "prompt_tokens", "requested_level",
     },
+    "schemas.handoff.QuestionItem": {"id"},
     "schemas.handoff.LookupHints": {"generation", "workflow_id"},
     "schemas.handoff.Progress": set(),
     "schemas.handoff.RunRef": {"generation", "run_id", "workflow_id"},
@@ -223,6 +224,7 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.project.HandoffRecord": set(),
     "schemas.project.Milestone": set(),
     "schemas.project.Phase": {"id"},
+    "schemas.project.Question": {"id"},
     "schemas.project.ProjectState": set(),
     "schemas.estimator.ModelFit": set(),
     "schemas.estimator.NewContent": set(),
@@ -232,14 +234,17 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.project.Task": {"id"},
     "schemas.session.Command": {"kind"},
     "schemas.session.Health": set(),
-    "schemas.session.SessionInput": {"project"},
+    "schemas.session.SessionInput": set(),
     "schemas.session.SessionResult": {"generation", "ledger", "project", "reason", "session_id"},
     "schemas.session.SessionStatus": {
         "context_pct", "context_tokens", "context_window", "cost_usd", "generation",
         "lifecycle", "session_id", "tasks_done", "tasks_total", "total_tokens", "turn",
     },
     "schemas.state_events.AddBlockerArgs": {"description"},
+    "schemas.state_events.AddNoteArgs": {"text"},
     "schemas.state_events.AddTodoArgs": {"text"},
+    "schemas.state_events.AnswerQuestionArgs": {"question_id"},
+    "schemas.state_events.AskQuestionArgs": {"text"},
     "schemas.state_events.CompleteTaskArgs": {"task_id"},
     "schemas.state_events.FailTaskArgs": {"task_id"},
     "schemas.state_events.HumanMessageArgs": {"text"},
@@ -257,6 +262,8 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "schemas.tokens.ModelPrice": {"cache_read", "cache_write", "input", "output"},
     "schemas.tokens.TokenLedger": set(),
     "schemas.tokens.TokenUsage": set(),
+    "schemas.transcript.TranscriptEntry": {"role"},
+    "schemas.transcript.TranscriptPage": set(),
 }
 """Required fields of every durable model (the same as when the v0 histories were
 recorded, or fewer). An input written by an older worker lacks every field added since,

@@ -20,7 +20,7 @@ from temporal_handoff.schemas.session import SessionInput
 
 SECTIONS = (
     "tasks", "decisions", "blockers", "files", "todos", "errors", "environment",
-    "human_messages", "milestones", "rejected_alternatives",
+    "human_messages", "milestones", "rejected_alternatives", "notes", "questions",
 )
 
 

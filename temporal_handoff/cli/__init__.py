@@ -11,6 +11,7 @@ from temporal_handoff.cli import servers  # noqa: F401
 from temporal_handoff.cli import sessions  # noqa: F401
 from temporal_handoff.cli import steer  # noqa: F401
 from temporal_handoff.cli import read  # noqa: F401
+from temporal_handoff.cli import transcript  # noqa: F401
 from temporal_handoff.cli import codec  # noqa: F401
 from temporal_handoff.cli import visibility  # noqa: F401
 from temporal_handoff.cli import chain  # noqa: F401

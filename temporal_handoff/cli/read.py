@@ -43,6 +43,10 @@ def status(
             f"tasks {st.tasks_done}/{st.tasks_total} · tokens {st.total_tokens:,} "
             f"(${st.cost_usd:.4f})" + (" · paused" if st.paused else "")
         )
+        if st.awaiting_input:
+            console.print(
+                f'  waiting for your message: handoff say {st.session_id} "…" --wait', markup=False
+            )
         for b in st.open_blockers:
             console.print(f"  blocker {b['id']} ({b['type']}): {b['description']}")
         for reason in st.rejected_commands[-3:]:
@@ -110,6 +114,8 @@ def result(
                     "tasks_completed": res.project.completed_count,
                     "tasks_total": len(res.project.tasks),
                     "total_tokens": res.ledger.total_tokens,
+                    "final_reply": res.final_reply,
+                    "summary": res.summary,
                 },
                 sort_keys=True,
             )

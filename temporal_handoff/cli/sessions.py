@@ -30,8 +30,13 @@ from temporal_handoff.schemas.session import SessionInput
 from temporal_handoff.testing.synthetic import synthetic_project
 
 
-def _load_project(path: Path | None, tasks: int, phases: int) -> ProjectState:
-    """The synthetic project, or a seed file (one-line CliError naming file and field)."""
+def _load_project(
+    path: Path | None, tasks: int, phases: int, goal: str | None = None
+) -> ProjectState:
+    """The synthetic project, a seed file (one-line CliError naming file and field), or
+    with `goal` a free-form session's state (a conversation toward it, no tasks)."""
+    if path is None and goal is not None:
+        return ProjectState(name="conversation", goal=goal)
     if path is None:
         return synthetic_project(tasks, phases)
     return load_seed_file(path).state
@@ -42,6 +47,10 @@ def start(
     project: Path | None = typer.Option(None, help="orchestrator state, state.json or ProjectState JSON"),
     tasks: int = typer.Option(20, min=1, help="synthetic project size when no file is given"),
     phases: int = typer.Option(3, min=1),
+    goal: str | None = typer.Option(
+        None,
+        help="without --project: a free-form session (a conversation toward GOAL, no tasks)",
+    ),
     config_json: str = typer.Option(
         "{}", "--config",
         help="SessionConfig as JSON (with --resume-from: only the keys to change)",
@@ -67,11 +76,17 @@ def start(
         fail("invalid config: expected a JSON object")
     if wait and not resume_from:
         fail("--wait needs --resume-from")
+    if goal is not None and (project is not None or resume_from):
+        fail("goal: --goal starts a free-form session; it goes without --project and --resume-from")
+    if goal is not None and not goal.strip():
+        fail("goal: must not be blank")
+    if goal is not None and len(goal) > 16_000:
+        fail(f"goal: at most 16,000 characters (got {len(goal):,})")
     # A bad project file is reported before anything connects.
     seeded: ProjectState | None = None
     if not resume_from:
         try:
-            seeded = _load_project(project, tasks, phases)
+            seeded = _load_project(project, tasks, phases, goal)
         except CliError as err:
             fail(str(err), err.code)
 

@@ -3,6 +3,7 @@ flush, abort (signals)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from temporal_handoff.cli.common import (
     app,
     connect,
     console,
+    err_console,
     fail,
     run,
     unknown_workflow,
@@ -84,11 +86,45 @@ def say(
     workflow_id: str,
     text: str,
     by: str = typer.Option(os.environ.get("USER", "human")),
+    wait: bool = typer.Option(
+        False, "--wait", help="Print the agent's answer (its replies until it waits again)."
+    ),
+    timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds --wait waits."),
     address: str | None = ADDRESS,
     namespace: str | None = NAMESPACE,
 ) -> None:
     """Send a message to the agent (appended at its next turn)."""
-    _update(workflow_id, "say", _validated(SayArgs, text=text, by=by), address, namespace)
+    arg = _validated(SayArgs, text=text, by=by)
+    if not wait:
+        _update(workflow_id, "say", arg, address, namespace)
+        return
+    from temporal_handoff import transcripts
+
+    async def go() -> None:
+        client = await connect(address, namespace)
+        handle = client.get_workflow_handle(workflow_id)
+        await _exists(handle)
+        before = await transcripts.mark(client, workflow_id)
+        # The answer is the confirmation (a rejection raises here, as without --wait).
+        await send_update(handle, "say", arg)
+        try:
+            reply = await asyncio.wait_for(
+                transcripts.wait_for_reply(client, workflow_id, text, before), timeout
+            )
+        except TimeoutError:
+            raise CliError(f"timeout: no reply from {workflow_id!r} within {timeout:g} s", 1) from None
+        typer.echo(reply.text or "(the agent gave no text reply)")
+        if reply.decisions:
+            ids = ", ".join(reply.decisions)
+            err_console.print(
+                f'waiting for a human decision on {ids}: handoff decide {workflow_id} ID "…"',
+                markup=False,
+            )
+        if reply.result is not None:
+            ended = reply.result.summary or reply.result.message
+            err_console.print(f"session ended {reply.result.reason.value}: {ended}", markup=False)
+
+    run(go)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from temporal_handoff.schemas.handoff import (
     HandoffDocument,
     LookupHints,
     Progress,
+    QuestionItem,
     TaskItem,
     TokenSummary,
 )
@@ -286,6 +287,12 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
         environment={k: _cap(v, 500) for k, v in list(state.environment.items())[:_DOC_CAP]},
         recent_human_input=[_cap(x) for x in ctx.recent_human_input[-10:]]
         or [_cap(x) for x in state.human_messages[-5:]],
+        free_form=state.free_form,
+        notes=[_cap(x, 500) for x in reversed(state.notes[-_DOC_CAP:])],
+        open_questions=[
+            QuestionItem(id=q.id, text=_cap(q.text, 500)) for q in state.open_questions()
+        ][-_DOC_CAP:],
+        recent_exchange=[_cap(x, 1_000) for x in ctx.recent_exchange[-10:]],
         lookup=LookupHints(workflow_id=ctx.session_id, generation=ctx.generation, lineage=lineage),
         since_last_handoff=summarize_events(ctx.events_since_last_handoff, state),
         totals={
@@ -302,6 +309,9 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
             "environment": len(state.environment),
             "tool_state": len(ctx.tool_state),
             "human_messages": len(state.human_messages),
+            "notes": len(state.notes) + state.notes_archived,
+            "open_questions": len(state.open_questions()),
+            "recent_exchange": len(ctx.recent_exchange[-10:]),
         },
         paused_seconds=ctx.paused_seconds,
     )

@@ -88,6 +88,8 @@ _RECALL_OF = {
 
 
 def progress_line(p: Progress) -> str:
+    if not p.total and not p.current_phase:
+        return "No task list: a conversation toward the goal."
     if p.current_phase:
         name = f" ({clip(p.current_phase_name, 60)})" if p.current_phase_name else ""
         phase = f"Current phase: `{p.current_phase}`{name}"

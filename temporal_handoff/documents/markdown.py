@@ -63,6 +63,9 @@ def to_markdown(doc: HandoffDocument) -> str:
         )
     section("Human decisions", [decision_line(d, 10_000) for d in doc.human_decisions])
     section("Failed tasks", [failed_line(f, 10_000) for f in doc.failed_tasks])
+    section("Open questions", [f"- `{q.id}`: {clean(q.text)}" for q in doc.open_questions])
+    section("Notes", [f"- {clean(x)}" for x in doc.notes], "notes")
+    section("Recent exchange", [f"- {clean(x)}" for x in doc.recent_exchange])
     section("Since last handoff", delta_lines(doc.since_last_handoff, 10_000))
     section("Agent decisions", [decision_line(d, 10_000) for d in doc.decisions], "decisions")
     section(

@@ -40,6 +40,7 @@ from temporal_handoff.documents.lines import (
     resolved_line,
     task_line,
 )
+from temporal_handoff.human_text import escape
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
 from temporal_handoff.schemas.estimator import approx_tokens
 from temporal_handoff.schemas.handoff import (
@@ -84,6 +85,8 @@ class _Section:
     id_label: str = ""
     droppable: bool = False
     """Critical-frame text that goes before any critical id does (lead, instructions)."""
+    oldest_first: bool = False
+    """Items are offered newest first (the packer keeps a prefix) but shown reversed."""
     refs: list[_Section] = field(default_factory=list)
     """The `index` section only: the optional sections it summarizes."""
     # Packing results.
@@ -120,7 +123,8 @@ def _block_lines(s: _Section, lk: LookupHints) -> list[str]:
         if entries:
             lines.append("; ".join(entries) + ".")
         return lines
-    lines += s.items[: s.n_items]
+    kept = s.items[: s.n_items]
+    lines += kept[::-1] if s.oldest_first else kept
     omitted = s.total - s.n_items
     if not s.critical and omitted > 0 and s.key != "since_last_handoff":
         # (The delta's lines are themselves counts; it needs no pointer.)
@@ -129,6 +133,9 @@ def _block_lines(s: _Section, lk: LookupHints) -> list[str]:
 
 
 _LABELS = {
+    "recent_exchange": "Recent exchange",
+    "notes": "Notes",
+    "open_questions": "Open questions",
     "since_last_handoff": "Since last handoff",
     "recent_human_input": "Recent human input",
     "decisions": "Agent decisions",
@@ -156,6 +163,9 @@ _CRIT_N = {
     CompressionLevel.FULL: 500,
 }
 _CAPS: dict[str, tuple[int, int, int]] = {
+    "recent_exchange": (2, 6, 10),
+    "notes": (3, 8, 16),
+    "open_questions": (2, 6, 12),
     "since_last_handoff": (6, 12, 14),
     "recent_human_input": (1, 3, 5),
     "decisions": (2, 8, 20),
@@ -172,6 +182,9 @@ _CAPS: dict[str, tuple[int, int, int]] = {
 _PRIORITY: dict[str, dict[str, int]] = {
     "standard": {
         "goal": 10,
+        "recent_exchange": 13,
+        "open_questions": 14,
+        "notes": 16,
         "since_last_handoff": 20,
         "recent_human_input": 25,
         "decisions": 30,
@@ -185,6 +198,9 @@ _PRIORITY: dict[str, dict[str, int]] = {
     },
     "minimal": {
         "goal": 10,
+        "recent_exchange": 13,
+        "open_questions": 14,
+        "notes": 16,
         "since_last_handoff": 20,
         "recent_human_input": 25,
         "decisions": 30,
@@ -198,6 +214,9 @@ _PRIORITY: dict[str, dict[str, int]] = {
     },
     "error_recovery": {
         "goal": 10,
+        "recent_exchange": 13,
+        "open_questions": 14,
+        "notes": 16,
         "since_last_handoff": 12,
         "errors": 15,
         "recent_human_input": 25,
@@ -211,6 +230,9 @@ _PRIORITY: dict[str, dict[str, int]] = {
     },
     "multi_day": {
         "goal": 10,
+        "recent_exchange": 13,
+        "open_questions": 14,
+        "notes": 16,
         "environment": 12,
         "tool_state": 14,
         "recent_human_input": 18,
@@ -361,15 +383,17 @@ def _sections(
         for t in doc.next_eligible[:8]
         if cn and (li > 0 or (t.last_error and t.id not in failed_ids))
     ]
-    add(
-        "next",
-        None if terse else "## Next",
-        critical=True,
-        ids=[t.id for t in doc.next_eligible],
-        id_label="Next eligible tasks",
-        fixed=details,
-        recall="tasks",
-    )
+    if not doc.free_form:  # no task list, nothing to be eligible
+        add(
+            "next",
+            None if terse else "## Next",
+            critical=True,
+            ids=[t.id for t in doc.next_eligible],
+            id_label="Next eligible tasks",
+            fixed=details,
+            recall="tasks",
+        )
+    _free_form_sections(doc, n, add)
 
     if not doc.since_last_handoff.empty:
         delta = delta_lines(doc.since_last_handoff, 12 if li else 5)
@@ -471,6 +495,42 @@ def _sections(
     return secs
 
 
+def _free_form_sections(doc: HandoffDocument, n: int, add: Callable[..., None]) -> None:
+    """Open questions, notes and the recent exchange (free-form sessions; empty
+    otherwise, and then not shown). Human lines of the exchange are quoted blocks."""
+    add(
+        "open_questions",
+        f"## Open questions ({doc.total('open_questions')})",
+        items=[f"- `{q.id}`: {clip(q.text, 2 * n)}" for q in doc.open_questions],
+        total=doc.total("open_questions"),
+        recall="questions",
+    )
+    add(
+        "notes",
+        f"## Your notes ({doc.total('notes')}, newest first)",
+        items=[f"- {clip(x, 2 * n)}" for x in doc.notes],
+        total=doc.total("notes"),
+        recall="notes",
+    )
+    # The agent's lines are escaped too: a reply that echoes a human block must not
+    # read as one.
+    exchange = [
+        quoted_clip(x.removeprefix("[human] "), 2 * n)
+        if x.startswith("[human] ")
+        else clip(escape(x), 2 * n)
+        for x in doc.recent_exchange
+    ]
+    add(
+        "recent_exchange",
+        "## Recent exchange (oldest first)",
+        # The packer keeps a prefix: offered newest first, shown oldest first.
+        items=exchange[::-1],
+        total=len(exchange),
+        recall="human_messages",
+        oldest_first=True,
+    )
+
+
 def _usage_line(doc: HandoffDocument, short: bool = False) -> str:
     t = doc.tokens
     if short:
@@ -488,6 +548,12 @@ def _usage_line(doc: HandoffDocument, short: bool = False) -> str:
 
 def _instructions(doc: HandoffDocument, template: str, terse: bool = False) -> str:
     p = doc.progress
+    if doc.free_form:
+        return (
+            "Continue the conversation toward the goal: answer the human, keep notes "
+            "(add_note), decisions and open questions current, and call `finish` with a "
+            "summary when the goal is met."
+        )
     if not doc.next_eligible and p.total and p.done >= p.total:
         return "All tasks are done: verify the goal is met and finish."
     wait = any(b.type == BlockerType.HUMAN_DECISION for b in doc.open_blockers)

@@ -80,6 +80,15 @@ class SessionConfig(DurableModel):
     stream_threshold: int = Field(default=16_000, ge=1)
     """Calls with `max_tokens` above this stream (SSE) with heartbeats."""
     max_turns_per_generation: int = Field(default=500, ge=1)
+    max_quiet_turns: int = Field(default=3, ge=1, le=1_000)
+    """Replies in a row without a tool call after which a nudged session ends
+    AGENT_FINISHED (see `when_quiet`)."""
+    when_quiet: Literal["auto", "wait", "nudge"] = "auto"
+    """What follows a reply without tool calls. "wait": the session waits for the human's
+    next message (`say`), visibly (lifecycle AWAITING_INPUT, NeedsHuman), as a chat does.
+    "nudge": it asks the model to go on, and ends AGENT_FINISHED after
+    `max_quiet_turns` such replies in a row. "auto": "wait" for a free-form session (a
+    goal, no tasks), "nudge" for a task session."""
     system_prompt: str = Field(
         default=(
             "You are an autonomous engineering agent working through a project plan. "

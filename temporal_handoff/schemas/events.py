@@ -57,6 +57,8 @@ class SealRequest(DurableModel):
     reason: TerminationReason
     ledger: TokenLedger
     recent_human_input: list[str] = Field(default_factory=list)
+    recent_exchange: list[str] = Field(default_factory=list)
+    """The conversation's last lines (`[human] …` / `[agent] …`)."""
     paused_seconds: float = 0.0
     tool_state: dict[str, str] = Field(default_factory=dict)
     template: str | None = None

@@ -57,6 +57,8 @@ RECALL_SECTIONS = (
     "errors",
     "environment",
     "human_messages",
+    "notes",
+    "questions",
 )
 """Sections the successor's ``recall`` tool accepts."""
 
@@ -95,6 +97,8 @@ class HandoffContext(DurableModel):
     """Every run of this session so far, including this one."""
     events_since_last_handoff: list[StateEvent] = Field(default_factory=list)
     recent_human_input: list[str] = Field(default_factory=list)
+    recent_exchange: list[str] = Field(default_factory=list)
+    """The conversation's last lines, `[human] …` / `[agent] …` (free-form sessions)."""
     tool_state: dict[str, str] = Field(default_factory=dict)
     paused_seconds: float = Field(default=0.0, ge=0)
     """Longest pause this generation; a long one selects the multi-day template."""
@@ -234,6 +238,11 @@ class ErrorItem(DurableModel):
     generation: int = 0
 
 
+class QuestionItem(DurableModel):
+    id: str
+    text: str = ""
+
+
 class LookupHints(DurableModel):
     """How the successor finds what the compact prompt left out."""
 
@@ -309,6 +318,13 @@ class HandoffDocument(DurableModel):
     tool_state: dict[str, str] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
     recent_human_input: list[str] = Field(default_factory=list)
+    free_form: bool = False
+    """A session without tasks: a conversation toward the goal, ended by `finish`."""
+    notes: list[str] = Field(default_factory=list)
+    """The agent's notes, newest first."""
+    open_questions: list[QuestionItem] = Field(default_factory=list)
+    recent_exchange: list[str] = Field(default_factory=list)
+    """The conversation's last lines, oldest first."""
     lookup: LookupHints
     since_last_handoff: HandoffDelta = Field(default_factory=HandoffDelta)
     totals: dict[str, int] = Field(default_factory=dict)

@@ -14,6 +14,8 @@ class LifecycleState(str, Enum):
     HANDOFF_COMPLETE = "HANDOFF_COMPLETE"
     PAUSED = "PAUSED"
     AWAITING_DECISION = "AWAITING_DECISION"
+    AWAITING_INPUT = "AWAITING_INPUT"
+    """The agent replied and waits for the human's next message (`say`)."""
     TERMINATED = "TERMINATED"
 
 
@@ -30,6 +32,8 @@ class TerminationReason(str, Enum):
     """The handoff payload could not be built (e.g. over `max_payload_bytes`)."""
     AGENT_FINISHED = "AGENT_FINISHED"
     """The model ended its turn with tasks left and no way forward (e.g. max turns)."""
+    FINISHED = "FINISHED"
+    """The agent called `finish` with a summary (free-form sessions)."""
     CONFIG_ERROR = "CONFIG_ERROR"
     """The configuration cannot work (e.g. the window cannot hold prompt + handoff budget);
     the result's document lets `--resume-from` continue with a fixed config."""

@@ -94,6 +94,15 @@ class FileNote(DurableModel):
     note: str = ""
 
 
+class Question(DurableModel):
+    """An open question the agent is carrying (free-form sessions), until answered."""
+
+    id: str = Field(min_length=1, max_length=128)
+    text: str = Field(default="", max_length=4_000)
+    status: Literal["open", "answered"] = "open"
+    answer: str = Field(default="", max_length=4_000)
+
+
 class ErrorRecord(DurableModel):
     source: str
     message: str
@@ -167,6 +176,13 @@ class ProjectState(DurableModel):
     todos: list[str] = Field(default_factory=list)
     errors: list[ErrorRecord] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    """The agent's own notes (`add_note`), newest last, at most `NOTES_KEEP_BYTES` in all."""
+    notes_archived: int = 0
+    """Older notes dropped from `notes` (recallable from the generation that wrote them)."""
+    questions: list[Question] = Field(default_factory=list)
+    """Questions the agent raised (`ask_question`); answered ones beyond
+    `ANSWERED_QUESTIONS_KEEP` are dropped, oldest first."""
     human_messages: list[str] = Field(default_factory=list)
     """The most recent human messages, at most `HUMAN_TEXT_KEEP_BYTES` in all."""
     human_messages_archived: int = 0
@@ -195,6 +211,14 @@ class ProjectState(DurableModel):
         return self
 
     # ---- reads -------------------------------------------------------------------
+    @property
+    def free_form(self) -> bool:
+        """No tasks: the session is a conversation toward `goal`, ended by `finish`."""
+        return not self.tasks
+
+    def open_questions(self) -> list[Question]:
+        return [q for q in self.questions if q.status == "open"]
+
     def done(self, task_id: str) -> bool:
         return self.tasks[task_id].status in DONE_STATUSES
 

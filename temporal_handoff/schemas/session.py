@@ -68,7 +68,9 @@ class SessionInput(DurableModel):
     """Input of every generation of `AgentSessionWorkflow`."""
 
     config: SessionConfig = Field(default_factory=SessionConfig)
-    project: ProjectState
+    project: ProjectState = Field(default_factory=ProjectState)
+    """The work: a task DAG, or only a goal (a free-form session, a conversation ended by
+    the agent's `finish`). Empty: a plain conversation."""
     handoff: HandoffPayload | None = None
     """The predecessor's payload; None for generation 0."""
     generation: int = Field(default=0, ge=0)
@@ -90,6 +92,12 @@ class SessionInput(DurableModel):
     update_replies: dict[str, str] = Field(default_factory=dict)
     """Replies to the most recent updates by update id: a client that retries an update
     with the same id after the run changed gets the first reply, not a second apply."""
+    awaiting_input: bool = False
+    """The predecessor was waiting for the human's next message (`when_quiet="wait"`):
+    the successor waits too instead of calling the model unprompted."""
+    recent_exchange: list[str] = Field(default_factory=list)
+    """The last lines of the conversation (`[human]`/`[agent]`, clipped), for the
+    next handoff document when this generation has had few of its own."""
 
 
 class Health(DurableModel):
@@ -129,6 +137,10 @@ class SessionStatus(DurableModel):
     model: str = ""
     rejected_commands: list[str] = Field(default_factory=list)
     """Signals this run could not apply, and why (newest last)."""
+    awaiting_input: bool = False
+    """The agent replied and the session waits for the human's next message."""
+    transcript_entries: int = 0
+    """Entries in this generation's `transcript` query."""
 
 
 class SessionResult(DurableModel):
@@ -144,6 +156,10 @@ class SessionResult(DurableModel):
     final_handoff: HandoffPayload | None = None
     """For ABORT and guards: the document to resume from (`handoff start --resume-from`)."""
     message: str = ""
+    final_reply: str = ""
+    """The agent's last text reply (every generation's replies: `handoff transcript`)."""
+    summary: str = ""
+    """The agent's summary, given with `finish` (free-form sessions)."""
 
     def resume_input(
         self, config: SessionConfig | None = None, *, original: SessionConfig | None = None

@@ -24,6 +24,7 @@ from temporal_handoff.schemas.project import (
     ErrorRecord,
     FileNote,
     ProjectState,
+    Question,
     Task,
     TaskStatus,
 )
@@ -43,8 +44,17 @@ EventOp = Literal[
     "record_error",
     "reject_alternative",
     "set_environment",
+    "add_note",
+    "ask_question",
+    "answer_question",
 ]
 
+
+NOTES_KEEP_BYTES = 64 * 1024
+"""Budget of `ProjectState.notes` (UTF-8 bytes): carried in every successor's input."""
+ANSWERED_QUESTIONS_KEEP = 50
+"""Answered questions kept in the state (open ones are always kept)."""
+MAX_OPEN_QUESTIONS = 100
 
 HUMAN_TEXT_KEEP_BYTES = 256 * 1024
 """Budget of `ProjectState.human_messages` (UTF-8 bytes): the state is carried in every
@@ -137,6 +147,20 @@ class SetEnvironmentArgs(_Args):
     value: str = Field(default="", max_length=4_000)
 
 
+class AddNoteArgs(_Args):
+    text: str = Field(min_length=1, max_length=2_000)
+
+
+class AskQuestionArgs(_Args):
+    question_id: str | None = Field(default=None, max_length=128)
+    text: str = Field(min_length=1, max_length=4_000)
+
+
+class AnswerQuestionArgs(_Args):
+    question_id: str = Field(min_length=1, max_length=128)
+    answer: str = Field(default="", max_length=4_000)
+
+
 EVENT_ARGS: dict[str, type[_Args]] = {
     "complete_task": CompleteTaskArgs,
     "fail_task": FailTaskArgs,
@@ -152,6 +176,9 @@ EVENT_ARGS: dict[str, type[_Args]] = {
     "record_error": RecordErrorArgs,
     "reject_alternative": RejectAlternativeArgs,
     "set_environment": SetEnvironmentArgs,
+    "add_note": AddNoteArgs,
+    "ask_question": AskQuestionArgs,
+    "answer_question": AnswerQuestionArgs,
 }
 
 
@@ -188,6 +215,19 @@ def check_event(state: ProjectState, event: StateEvent) -> _Args:
             raise EventError(f"unknown blocker {args.blocker_id!r}")
         if blocker.status == "resolved":
             raise EventError(f"blocker {args.blocker_id!r} is already resolved")
+    if isinstance(args, AskQuestionArgs):
+        if args.question_id and any(q.id == args.question_id for q in state.questions):
+            raise EventError(f"question {args.question_id!r} already exists")
+        if len(state.open_questions()) >= MAX_OPEN_QUESTIONS:
+            raise EventError(
+                f"ask_question: {MAX_OPEN_QUESTIONS} questions are open; answer some first"
+            )
+    if isinstance(args, AnswerQuestionArgs):
+        question = next((q for q in state.questions if q.id == args.question_id), None)
+        if question is None:
+            raise EventError(f"unknown question {args.question_id!r}")
+        if question.status == "answered":
+            raise EventError(f"question {args.question_id!r} is already answered")
     if isinstance(args, AddBlockerArgs) and args.blocker_id and state.blocker(args.blocker_id):
         raise EventError(f"blocker {args.blocker_id!r} already exists")
     if isinstance(args, SetPhaseArgs) and state.phases and args.phase_id not in {
@@ -295,20 +335,49 @@ def apply_event(state: ProjectState, event: StateEvent) -> str:
     if isinstance(args, SetEnvironmentArgs):
         state.environment[args.key] = args.value
         return f"environment {args.key} set"
+    if isinstance(args, AddNoteArgs):
+        state.notes.append(args.text)
+        _trim_notes(state)
+        return f"note {len(state.notes) + state.notes_archived} kept"
+    if isinstance(args, AskQuestionArgs):
+        qid, n = args.question_id, len(state.questions)
+        taken = {q.id for q in state.questions}
+        while qid is None or qid in taken:
+            n += 1
+            qid = f"Q{n:04d}"
+        state.questions.append(Question(id=qid, text=args.text))
+        return f"question {qid} is open"
+    if isinstance(args, AnswerQuestionArgs):
+        question = next(q for q in state.questions if q.id == args.question_id)
+        question.status = "answered"
+        question.answer = args.answer
+        answered = [q for q in state.questions if q.status == "answered"]
+        for old in answered[: max(0, len(answered) - ANSWERED_QUESTIONS_KEEP)]:
+            state.questions.remove(old)
+        return f"question {args.question_id} answered"
     raise EventError(f"unhandled op {event.op}")  # pragma: no cover - EVENT_ARGS is exhaustive
 
 
-def _trim_human_messages(state: ProjectState) -> None:
-    """Keep the newest messages within HUMAN_TEXT_KEEP_BYTES (the newest always stays)."""
-    sizes = [len(m.encode("utf-8")) for m in state.human_messages]
-    total = sum(sizes)
-    drop = 0
-    while total > HUMAN_TEXT_KEEP_BYTES and drop < len(sizes) - 1:
+def _drop_oldest(texts: list[str], budget: int) -> int:
+    """Delete the oldest texts until the rest fit `budget` UTF-8 bytes (the newest always
+    stays); how many were deleted."""
+    sizes = [len(t.encode("utf-8")) for t in texts]
+    total, drop = sum(sizes), 0
+    while total > budget and drop < len(sizes) - 1:
         total -= sizes[drop]
         drop += 1
-    if drop:
-        del state.human_messages[:drop]
-        state.human_messages_archived += drop
+    del texts[:drop]
+    return drop
+
+
+def _trim_notes(state: ProjectState) -> None:
+    """Keep the newest notes within NOTES_KEEP_BYTES."""
+    state.notes_archived += _drop_oldest(state.notes, NOTES_KEEP_BYTES)
+
+
+def _trim_human_messages(state: ProjectState) -> None:
+    """Keep the newest messages within HUMAN_TEXT_KEEP_BYTES."""
+    state.human_messages_archived += _drop_oldest(state.human_messages, HUMAN_TEXT_KEEP_BYTES)
 
 
 def _phase_milestone(state: ProjectState, phase: str) -> None:

@@ -17,6 +17,17 @@ STATE_TOOLS: dict[str, EventOp] = {
 }
 """Tool name → project event op."""
 
+FREE_FORM_STATE_TOOLS: dict[str, EventOp] = {
+    "add_note": "add_note",
+    "ask_question": "ask_question",
+    "answer_question": "answer_question",
+}
+"""State tools offered to free-form sessions only (a user tool of the same name, legal
+before they existed, wins over them)."""
+
+FINISH_TOOL = "finish"
+"""Free-form sessions: the agent ends the session with a summary (not a state event)."""
+
 _STR = {"type": "string"}
 
 _SPECS = [
@@ -107,6 +118,52 @@ _SPECS = [
 ]
 
 
-def state_tool_specs() -> list[ToolSpec]:
-    """The built-in tools, in a stable order (the prompt prefix must not change)."""
-    return list(_SPECS)
+_FREE_FORM_SPECS = [
+    ToolSpec(
+        name="add_note",
+        description=(
+            "Keep a short note for yourself: a fact learned, a result, what you are doing. "
+            "Notes are what your successor reads after a handoff."
+        ),
+        input_schema={"type": "object", "properties": {"text": _STR}, "required": ["text"]},
+    ),
+    ToolSpec(
+        name="ask_question",
+        description="Record an open question you still need answered (by a human or later work).",
+        input_schema={
+            "type": "object",
+            "properties": {"question_id": _STR, "text": _STR},
+            "required": ["text"],
+        },
+    ),
+    ToolSpec(
+        name="answer_question",
+        description="Close an open question with its answer.",
+        input_schema={
+            "type": "object",
+            "properties": {"question_id": _STR, "answer": _STR},
+            "required": ["question_id", "answer"],
+        },
+    ),
+    ToolSpec(
+        name=FINISH_TOOL,
+        description=(
+            "End the session when the goal is met (or cannot be): a summary of the outcome "
+            "for the human. Reply in plain text instead while the conversation goes on."
+        ),
+        input_schema={"type": "object", "properties": {"summary": _STR}, "required": ["summary"]},
+    ),
+]
+
+_TASK_ONLY = ("complete_task", "fail_task", "set_phase")
+
+
+def state_tool_specs(free_form: bool = False, user_tools: tuple[str, ...] = ()) -> list[ToolSpec]:
+    """The built-in tools, in a stable order (the prompt prefix must not change).
+
+    A free-form session (a goal, no tasks) gets notes, questions and `finish` instead of
+    the task tools, less those a user tool of the same name replaces."""
+    if not free_form:
+        return list(_SPECS)
+    extra = [s for s in _FREE_FORM_SPECS if s.name not in user_tools]
+    return [s for s in _SPECS if s.name not in _TASK_ONLY] + extra

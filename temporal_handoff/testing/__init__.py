@@ -23,6 +23,7 @@ from temporal_handoff.testing.brain import (
     ScriptedAgentBrain,
     stable_hash,
 )
+from temporal_handoff.testing.conversation import ConversationBrain, Exchange
 from temporal_handoff.testing.fake_server import (
     DEFAULT_ERROR_TYPES,
     FakeAnthropicServer,
@@ -42,7 +43,9 @@ __all__ = [
     "READ_FILE",
     "Brain",
     "BrainReply",
+    "ConversationBrain",
     "EchoBrain",
+    "Exchange",
     "FakeAnthropicServer",
     "Fault",
     "ReadingBrain",

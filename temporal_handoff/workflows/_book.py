@@ -53,6 +53,14 @@ class SessionBook:
     """Reply per update id (the newest `REMEMBERED_UPDATES`), carried across runs."""
     rejected: list[str] = field(default_factory=list)
     """Signals this run could not apply and why (the newest `REMEMBERED_REJECTIONS`)."""
+    awaiting_input: bool = False
+    """The agent replied without tools and the session waits for the human's next
+    message (`when_quiet="wait"`)."""
+    finish_summary: str | None = None
+    """Set when the agent calls `finish` (free-form sessions): the session ends."""
+
+    def waiting_for_input(self) -> bool:
+        return self.awaiting_input and not self.pending_say
 
     def remember_rejection(self, reason: str) -> None:
         self.rejected.append(reason[:1000])

@@ -111,6 +111,7 @@ class HandoffWorkflow:
             lineage=inp.lineage,
             events_since_last_handoff=self._events,
             recent_human_input=seal.recent_human_input,
+            recent_exchange=seal.recent_exchange,
             tool_state=seal.tool_state,
             paused_seconds=seal.paused_seconds,
             template=seal.template,

@@ -55,9 +55,23 @@ with workflow.unsafe.imports_passed_through():
     )
     from temporal_handoff.schemas.state_events import EventError, StateEvent
     from temporal_handoff.schemas.tokens import TokenLedger
-    from temporal_handoff.schemas.tools import STATE_TOOLS, state_tool_specs
+    from temporal_handoff.schemas.tools import (
+        FINISH_TOOL,
+        FREE_FORM_STATE_TOOLS,
+        STATE_TOOLS,
+        state_tool_specs,
+    )
+    from temporal_handoff.schemas.transcript import (
+        TranscriptEntry,
+        TranscriptPage,
+        TranscriptQuery,
+        exchange_lines,
+        last_reply,
+        transcript_of,
+    )
     from temporal_handoff.workflows import _command_input as command_input
     from temporal_handoff.workflows import _commands as commands
+    from temporal_handoff.workflows import _free_form as free_form
     from temporal_handoff.workflows import _model_turn as turn_io
     from temporal_handoff.workflows import _visibility as vis
     from temporal_handoff.workflows._book import Phase, SessionBook
@@ -115,7 +129,11 @@ class AgentSessionWorkflow:
             paused=inp.paused,
             pending_say=list(inp.pending_human_text),
             update_replies=dict(inp.update_replies),
+            awaiting_input=inp.awaiting_input,
         )
+        self._free = False
+        """A free-form session (a goal, no tasks): a conversation ended by `finish`."""
+        self._waits_when_quiet = False
         self._link = HandoffLink()
         self._messages: list[dict[str, Any]] = []
         self._known_upto = 0  # messages covered by the ledger's exact occupancy
@@ -313,7 +331,38 @@ class AgentSessionWorkflow:
             health=health,
             model=self._model,
             rejected_commands=list(book.rejected),
+            awaiting_input=book.waiting_for_input(),
+            transcript_entries=len(self._transcript()),
         )
+
+    @workflow.query(name="transcript")
+    def transcript(self, *raw: Any) -> TranscriptPage:
+        """`TranscriptQuery` (or nothing): a page of what was said in this generation."""
+        page = TranscriptQuery.parse(raw)
+        entries = self._transcript(page.max_chars)
+        return TranscriptPage(
+            session_id=workflow.info().workflow_id,
+            generation=self._generation,
+            total=len(entries),
+            offset=page.offset,
+            entries=entries[page.offset : page.offset + page.limit],
+            awaiting_input=self._book.waiting_for_input(),
+            awaiting_decision=[
+                b.id for b in self._book.state.open_blockers()
+                if b.type == BlockerType.HUMAN_DECISION
+            ],
+            closed=self._book.phase == Phase.CLOSING,
+        )
+
+    def _transcript(self, max_chars: int = 4_000) -> list[TranscriptEntry]:
+        return transcript_of(self._messages, self._generation, max_chars)
+
+    def _exchange(self) -> list[str]:
+        """The recent exchange, for the handoff document and the successor."""
+        current = exchange_lines(
+            self._transcript(), free_form.EXCHANGE_KEEP, free_form.EXCHANGE_LINE_CHARS
+        )
+        return free_form.recent_exchange(self._inp.recent_exchange, current)
 
     @workflow.query(name="project")
     def project(self) -> dict[str, Any]:
@@ -354,6 +403,10 @@ class AgentSessionWorkflow:
                 self._start_notify("HANDOFF", inp.handoff_reason, inp.handoff.summary())
             )
         self._lifecycle = LifecycleState.ACTIVE
+        if inp.project.free_form and workflow.patched("free-form-1"):
+            # Without tasks the session used to end at once ("all tasks done").
+            self._free = True
+        self._waits_when_quiet = free_form.waits_when_quiet(self._cfg, self._free)
         self._messages = [{"role": "user", "content": self._opening_text(inp.handoff)}]
         shortfall = self._cfg.window_shortfall(self._ledger.context_window)
         if shortfall and workflow.patched("window-check-1"):
@@ -405,6 +458,8 @@ class AgentSessionWorkflow:
 
     def _opening_text(self, handoff: HandoffPayload | None) -> str:
         s = self._book.state
+        if handoff is None and self._free:
+            return free_form.opening_text(s)
         if handoff is not None:
             return (
                 f"You are generation {self._generation} of session "
@@ -424,7 +479,8 @@ class AgentSessionWorkflow:
         return "\n".join(line for line in lines if line)
 
     def _tools(self) -> list[ToolSpec]:
-        return state_tool_specs() + list(self._cfg.user_tools)
+        users = self._cfg.user_tools
+        return state_tool_specs(self._free, tuple(t.name for t in users)) + list(users)
 
     async def _turns(self) -> SessionResult:
         idle = 0
@@ -435,7 +491,9 @@ class AgentSessionWorkflow:
                 return await self._finish(TerminationReason.USER_ABORT, book.abort.reason)
             if book.flush:
                 raise _Handoff(TerminationReason.MANUAL_FLUSH)
-            if book.state.all_done:
+            if book.finish_summary is not None:
+                return await self._finish(TerminationReason.FINISHED, book.finish_summary)
+            if book.state.all_done and not self._free:
                 return await self._finish(TerminationReason.TASK_COMPLETED, "all tasks done")
             if self._budget_exhausted():
                 return await self._finish(TerminationReason.BUDGET_EXHAUSTED, "budget reached")
@@ -477,26 +535,35 @@ class AgentSessionWorkflow:
                 results = [await self._run_tool(tu) for tu in tool_uses]
                 self._messages.append({"role": "user", "content": results})
                 idle = 0
-            elif book.state.all_done:
+                if book.finish_summary is not None:
+                    return await self._finish(TerminationReason.FINISHED, book.finish_summary)
+            elif book.state.all_done and not self._free:
                 continue
             elif book.state.human_decision_pending():
                 self._messages.append({"role": "user", "content": self._awaiting_text()})
+            elif self._waits_when_quiet:
+                # A chat: the agent answered; the next turn starts with the human's reply.
+                book.awaiting_input = True
             else:
                 idle += 1
-                if idle >= 3:
+                quiet = self._cfg.max_quiet_turns
+                if idle >= quiet:
                     return await self._finish(
                         TerminationReason.AGENT_FINISHED,
-                        "the model stopped three times without progress",
+                        f"the model stopped {quiet} times in a row without progress "
+                        "(max_quiet_turns)",
                     )
                 self._messages.append(
                     {
                         "role": "user",
-                        "content": "Continue with the plan. "
-                        + eligible_line(book.state.next_eligible()),
+                        "content": free_form.nudge_text(self._free)
+                        or "Continue with the plan. " + eligible_line(book.state.next_eligible()),
                     }
                 )
-            self._ledger.pending_estimate = turn_io.appended_tokens(
-                self._ledger, self._model, self._messages[-1]
+            last = self._messages[-1]
+            self._ledger.pending_estimate = (
+                0 if last["role"] == "assistant"
+                else turn_io.appended_tokens(self._ledger, self._model, last)
             )
             await self._after_turn()
 
@@ -540,7 +607,11 @@ class AgentSessionWorkflow:
         def runnable() -> bool:
             if book.abort is not None or book.flush:
                 return True
-            return not book.paused and not book.state.human_decision_pending()
+            return (
+                not book.paused
+                and not book.state.human_decision_pending()
+                and not book.waiting_for_input()
+            )
 
         def handoff_due() -> bool:
             return workflow.info().is_continue_as_new_suggested()
@@ -553,9 +624,12 @@ class AgentSessionWorkflow:
         # that replay the old wait (patch "wait-handoff-1").
         wake_on_history = True
         while not runnable():
-            self._lifecycle = (
-                LifecycleState.PAUSED if book.paused else LifecycleState.AWAITING_DECISION
-            )
+            if book.paused:
+                self._lifecycle = LifecycleState.PAUSED
+            elif book.state.human_decision_pending():
+                self._lifecycle = LifecycleState.AWAITING_DECISION
+            else:
+                self._lifecycle = LifecycleState.AWAITING_INPUT
             self._set_details()
             self._show_wait()
             condition = (lambda: runnable() or handoff_due()) if wake_on_history else runnable
@@ -605,6 +679,7 @@ class AgentSessionWorkflow:
         else:
             text = "\n".join(f"[human] {t}" for t in book.pending_say)
         book.pending_say = []
+        book.awaiting_input = False
         last = self._messages[-1]
         if last["role"] == "user":
             content = last["content"]
@@ -706,8 +781,14 @@ class AgentSessionWorkflow:
         raw_input = tool_use.get("input")
         tool_input: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use.get("id", "")}
-        if name in STATE_TOOLS:
+        mine = self._free and name not in {t.name for t in self._cfg.user_tools}
+        if name in STATE_TOOLS or (mine and name in FREE_FORM_STATE_TOOLS):
             text, error = self._run_state_tool(name, tool_input)
+        elif name == FINISH_TOOL and mine:
+            summary, text = free_form.finish_summary(tool_input)
+            error = summary is None
+            if summary is not None:
+                self._book.finish_summary = summary
         elif self._interrupted() and workflow.patched("interruptible-calls-1"):
             text, error = "error: not run, the session was paused or aborted", True
         elif name == "recall":
@@ -727,14 +808,14 @@ class AgentSessionWorkflow:
         return result
 
     def _run_state_tool(self, name: str, tool_input: dict[str, Any]) -> tuple[str, bool]:
-        op = STATE_TOOLS[name]
+        op = STATE_TOOLS.get(name) or FREE_FORM_STATE_TOOLS[name]
         health = self._book.health
         try:
             text = self._book.record(
                 StateEvent(op=op, args=dict(tool_input), at=workflow.now(), by="agent")
             )
         except (EventError, ValueError, TypeError) as err:
-            return f"error: {err}\n" + self._progress_line(), True
+            return _lines(f"error: {err}", self._progress_line()), True
         if text.startswith("recorded decision"):
             health.decisions_recorded += 1
         if text.startswith("completed "):
@@ -743,10 +824,12 @@ class AgentSessionWorkflow:
             health.failures += 1
         if op == "add_blocker":
             health.blockers_opened += 1
-        return text + "\n" + self._progress_line(), False
+        return _lines(text, self._progress_line()), False
 
     def _progress_line(self) -> str:
         s = self._book.state
+        if self._free:
+            return ""  # no task list to report on
         if s.all_done:
             return "ALL TASKS COMPLETE."
         return f"Progress: {s.completed_count}/{len(s.tasks)} done. " + eligible_line(
@@ -911,6 +994,8 @@ class AgentSessionWorkflow:
             handoff_reason=reason,
             announce_handoff=fast,
             update_replies=dict(book.update_replies),
+            awaiting_input=book.awaiting_input,
+            recent_exchange=self._exchange(),
         )
         size = self._measure(nxt)
         if size > self._cfg.max_carry_bytes:
@@ -977,6 +1062,7 @@ class AgentSessionWorkflow:
             reason=reason,
             ledger=self._ledger,
             recent_human_input=self._book.recent_human[-10:],
+            recent_exchange=self._exchange(),
             paused_seconds=self._longest_pause,
             events_sent=self._link.deltas,
         )
@@ -1013,7 +1099,17 @@ class AgentSessionWorkflow:
             health=book.health,
             final_handoff=document,
             message=message,
+            final_reply=self._final_reply(),
+            summary=book.finish_summary or "",
         )
+
+    def _final_reply(self) -> str:
+        """The agent's last text reply (this generation's, else the predecessor's)."""
+        reply = last_reply(self._transcript(100_000))
+        if reply:
+            return reply
+        carried = [x for x in self._inp.recent_exchange if x.startswith("[agent] ")]
+        return carried[-1].removeprefix("[agent] ") if carried else ""
 
     async def _final_document(self, reason: TerminationReason) -> HandoffPayload | None:
         """The document to resume from, built by the child if one runs, else directly.
@@ -1057,6 +1153,7 @@ class AgentSessionWorkflow:
             lineage=self._lineage(),
             events_since_last_handoff=book.events,
             recent_human_input=book.recent_human[-10:],
+            recent_exchange=self._exchange(),
             paused_seconds=self._longest_pause,
         )
         return await build_payload(
@@ -1093,7 +1190,8 @@ class AgentSessionWorkflow:
         vis.upsert(
             self._cfg, self._generation, self._lifecycle, self._ledger, self._book.state, payload,
             needs_human=(
-                end_reason is None and self._book.state.human_decision_pending()
+                end_reason is None
+                and (self._book.state.human_decision_pending() or self._book.waiting_for_input())
                 if current
                 else None
             ),
@@ -1105,6 +1203,10 @@ class AgentSessionWorkflow:
         """Upsert the lifecycle when a wait changes it (visible to list queries)."""
         if self._upserted != self._lifecycle and workflow.patched("wait-visibility-1"):
             self._upsert_visibility(None)
+
+
+def _lines(*parts: str) -> str:
+    return "\n".join(p for p in parts if p)
 
 
 def _is_cancellation(err: BaseException) -> bool:
