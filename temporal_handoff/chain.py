@@ -52,6 +52,18 @@ async def _decode(client: Client, payloads: Any, kind: type) -> Any:
     return values[0]
 
 
+async def run_input(client: Client, workflow_id: str, run_id: str) -> SessionInput | None:
+    """The `SessionInput` a run started with (its handoff payload and project state)."""
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            attrs = event.workflow_execution_started_event_attributes
+            inp: SessionInput = await _decode(client, attrs.input.payloads, SessionInput)
+            return inp
+        break
+    return None
+
+
 async def run_summary(client: Client, workflow_id: str, run_id: str) -> RunSummary:
     """Summarise one run from its history."""
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)

@@ -26,19 +26,31 @@ from temporal_handoff.testing.fake_server import (
     RequestRecord,
     count_tokens,
 )
+from temporal_handoff.testing.fidelity_plan import (
+    FidelityPlan,
+    fidelity_plan,
+    human_choice,
+    score_fidelity,
+)
+from temporal_handoff.testing.payload_agent import PayloadAgent
 
 __all__ = [
     "ALL_TASKS_COMPLETE",
     "AWAITING_DECISION",
     "DEFAULT_ERROR_TYPES",
     "NEXT_ELIGIBLE_RE",
+    "PayloadAgent",
     "Brain",
     "BrainReply",
     "EchoBrain",
     "FakeAnthropicServer",
+    "FidelityPlan",
     "Fault",
     "RequestRecord",
     "ScriptedAgentBrain",
     "count_tokens",
+    "fidelity_plan",
+    "human_choice",
+    "score_fidelity",
     "stable_hash",
 ]

@@ -483,13 +483,10 @@ class AgentSessionWorkflow:
                         TerminationReason.AGENT_FINISHED,
                         "the model stopped three times without progress",
                     )
-                self._messages.append(
-                    {
-                        "role": "user",
-                        "content": "Continue with the plan. "
-                        + eligible_line(book.state.next_eligible()),
-                    }
-                )
+                nudge = "Continue with the plan."
+                if self._progress_hints():
+                    nudge += " " + eligible_line(book.state.next_eligible())
+                self._messages.append({"role": "user", "content": nudge})
             self._ledger.pending_estimate = self._rough_tokens(self._messages[-1])
             await self._after_turn()
 
@@ -726,7 +723,7 @@ class AgentSessionWorkflow:
                 StateEvent(op=op, args=dict(tool_input), at=workflow.now(), by="agent")
             )
         except (EventError, ValueError, TypeError) as err:
-            return f"error: {err}\n" + self._progress_line(), True
+            return f"error: {err}" + self._progress_line(), True
         if text.startswith("recorded decision"):
             health.decisions_recorded += 1
         if text.startswith("completed "):
@@ -735,13 +732,21 @@ class AgentSessionWorkflow:
             health.failures += 1
         if op == "add_blocker":
             health.blockers_opened += 1
-        return text + "\n" + self._progress_line(), False
+        return text + self._progress_line(), False
+
+    def _progress_hints(self) -> bool:
+        """Whether tool results and nudges carry the workflow's view of progress.
+        Sessions recorded before the option replay with hints (patch progress-hints-1)."""
+        return self._cfg.progress_hints or not workflow.patched("progress-hints-1")
 
     def _progress_line(self) -> str:
+        """The progress hint appended to a state tool's result (empty with hints off)."""
+        if not self._progress_hints():
+            return ""
         s = self._book.state
         if s.all_done:
-            return "ALL TASKS COMPLETE."
-        return f"Progress: {s.completed_count}/{len(s.tasks)} done. " + eligible_line(
+            return "\nALL TASKS COMPLETE."
+        return f"\nProgress: {s.completed_count}/{len(s.tasks)} done. " + eligible_line(
             s.next_eligible()
         )
 
