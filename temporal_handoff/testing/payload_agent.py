@@ -242,14 +242,16 @@ class PayloadAgent:
             or re.search(rf"scaffold of `{_tid(tid)}`", v.text) is not None
         )
 
-    def _recall(self, v: _View, section: str) -> dict[str, Any] | None:
-        """The recall input for `section`, if the handoff offers recall and this
-        generation has not recalled that section yet."""
+    def _recall(self, v: _View, section: str, ids: list[str]) -> dict[str, Any] | None:
+        """The recall input for `ids` of `section` (narrow: a whole section could
+        flood a small context), if the handoff offers recall and this generation has
+        not asked for them yet."""
         if v.handoff_gen is None:
             return None
-        if any(n == "recall" and a.get("section") == section for _, n, a in v.uses):
+        asked = {"generation": v.handoff_gen, "section": section, "ids": ids}
+        if any(n == "recall" and a == asked for _, n, a in v.uses):
             return None
-        return {"generation": v.handoff_gen, "section": section}
+        return asked
 
     # ---- acting ----------------------------------------------------------------
     def _fill(self, key: str) -> str:
@@ -287,7 +289,8 @@ class PayloadAgent:
                 ]
             opt = self._human(v, source.id) if source.kind == "ask" else self._decision(v, source)
             if opt is None:
-                recall = self._recall(v, "decisions")
+                wanted = f"HD-B-{source.id}" if source.kind == "ask" else f"D-{source.id}"
+                recall = self._recall(v, "decisions", [wanted])
                 if recall is not None:
                     return [("recall", recall)]
                 summary = f"{tid} uses ?. The decision of `{source.id}` is not in my context."
@@ -312,7 +315,7 @@ class PayloadAgent:
                 ]
             opt = self._human(v, tid)
             if opt is None:
-                recall = self._recall(v, "decisions")
+                recall = self._recall(v, "decisions", [f"HD-B-{tid}"])
                 return [("recall", recall)] if recall is not None else []
             path = f"db/{tid}.sql" if opt == "postgres" else f"db/{tid}.sqlite"
             return [
@@ -325,7 +328,7 @@ class PayloadAgent:
         if t.kind == "flaky":
             tried = self._failed_approaches(v, tid)
             if self._attempts(v, tid) > len(tried):
-                recall = self._recall(v, "errors")
+                recall = self._recall(v, "errors", [tid])
                 if recall is not None:
                     return [("recall", recall)]
             options = [a for a in (t.args or APPROACHES) if a not in tried]
@@ -360,7 +363,7 @@ class PayloadAgent:
                 ]
             # The handoff lists todos or files it does not show: look before starting over.
             if re.search(r'section"?:? "(todos|files)"', v.text):
-                recall = self._recall(v, "todos")
+                recall = self._recall(v, "todos", [f"`{tid}`"])
                 if recall is not None:
                     return [("recall", recall)]
             return [
