@@ -112,7 +112,7 @@ def fidelity_plan(project: ProjectState, seed: int = 0) -> FidelityPlan:
 
     The first dependent of a ``decide``/``ask`` task (in plan order) becomes its
     ``use`` task, so every decision has a consumer, usually a few turns (and
-    handoffs) later. The third task is an ``ask``: a human decision that every later
+    handoffs) later. The first task from the third on that is not a ``use`` is an ``ask``: a human decision that every later
     handoff must carry.
     """
     rng = random.Random(seed)
@@ -131,7 +131,7 @@ def fidelity_plan(project: ProjectState, seed: int = 0) -> FidelityPlan:
             continue
         kind: Kind = rng.choices(kinds, weights)[0]
         used_later = any(tid in t.depends_on for t in project.tasks.values())
-        if len(tasks) == 2 and used_later:
+        if len(tasks) >= 2 and used_later and not any(t.kind == "ask" for t in tasks.values()):
             kind = "ask"  # a human decision early, so every handoff must carry one
         elif kind in ("decide", "ask") and not used_later:
             kind = "plain"  # nothing would use the decision
