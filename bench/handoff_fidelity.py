@@ -22,8 +22,8 @@ as the slowest honest level needed plus two):
   0's critical items (current phase, open blockers, human decisions with their text,
   failed tasks with their error, next eligible tasks) that are still critical and
   present in the prompt the successor read;
-* ``probe_misses``: critical items of each handoff missing from its prompt (this
-  benchmark's own check on `critical_items`, summed over handoffs);
+* ``probe_misses``: critical items of each handoff missing from the prompt the
+  successor read, by the handoff's own probes (`documents.probe`), summed over handoffs;
 * ``payload_tokens``: mean and max of the continuation prompts, with the level budget.
 
 Run: ``.venv/bin/python bench/handoff_fidelity.py [--json] [--quick] [--sizes 169 500]
@@ -163,7 +163,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         wall_s=round(time.time() - t0, 1),
         all_honest_ok=all(ok(r) for r in honest),
         all_controls_worse=all(worse(c, honest) for c in controls),
-        probe_check="bench-local (critical_items in temporal_handoff.testing.fidelity_run)",
+        probe_check="documents.probe on each handoff's state vs the prompt the successor read",
         machine=machine(),
     )
     return results

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
+from temporal_handoff.workers.storage import CONTENT_METADATA, CONVERSATION, is_conversation
+
 __all__ = [
     "ENCODING",
     "KEY_ID_METADATA",
@@ -141,10 +143,12 @@ class AesGcmCodec(PayloadCodec):
         sealed = self._ciphers[key_id].encrypt(
             nonce, payload.SerializeToString(), key_id.encode("ascii")
         )
-        return Payload(
-            metadata={"encoding": ENCODING, KEY_ID_METADATA: key_id.encode("ascii")},
-            data=nonce + sealed,
-        )
+        metadata = {"encoding": ENCODING, KEY_ID_METADATA: key_id.encode("ascii")}
+        if is_conversation(payload):
+            # What the payload is (not what it holds) stays readable, so the content
+            # store can take conversations and leave the rest inline.
+            metadata[CONTENT_METADATA] = CONVERSATION
+        return Payload(metadata=metadata, data=nonce + sealed)
 
     def decrypt(self, payload: Payload) -> Payload:
         """One payload → the original; payloads that are not encrypted pass through."""

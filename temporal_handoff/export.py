@@ -5,9 +5,9 @@
     DIR/session-summaries/001.md        ...
 
 JSON has sorted keys and a two-space indent; generation numbers are zero-padded so
-files list in order. The handoff payload of generation g is read from history: the
-input of the run that g handed to (`SessionInput.handoff`), or the final result's
-`final_handoff` (abort, guards).
+files list in order. The handoff payload of generation g is read from history (by
+:mod:`temporal_handoff.runs`): the result of the handoff child generation g started,
+or the final result's `final_handoff` (abort, guards).
 """
 
 from __future__ import annotations
@@ -17,97 +17,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from temporal_handoff.documents.markdown import to_markdown
+from temporal_handoff.runs import Run, read_handoff, read_runs
 from temporal_handoff.schemas.handoff import HandoffPayload
 from temporal_handoff.schemas.project import ProjectState
-from temporal_handoff.schemas.session import SessionInput, SessionResult
 
 
-class RunRecord(BaseModel):
-    generation: int
-    run_id: str
-    input: SessionInput
-    result: SessionResult | None = None
-    status: str = "RUNNING"
-    previous_run_id: str = ""
-
-
-async def _decode(client: Client, payloads: Any, kind: type) -> Any:
-    (value,) = await client.data_converter.decode(payloads, [kind])
-    return value
-
-
-async def read_run(client: Client, workflow_id: str, run_id: str) -> RunRecord:
-    """A run's input and (if it completed) result, from its history."""
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    inp: SessionInput | None = None
-    prev = ""
-    result: SessionResult | None = None
-    status = "RUNNING"
-    async for event in handle.fetch_history_events():
-        et = event.event_type
-        if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            attrs = event.workflow_execution_started_event_attributes
-            inp = await _decode(client, attrs.input.payloads, SessionInput)
-            prev = attrs.continued_execution_run_id
-        elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            attrs_d = event.workflow_execution_completed_event_attributes
-            result = await _decode(client, attrs_d.result.payloads, SessionResult)
-            status = "COMPLETED"
-        elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
-            status = "CONTINUED_AS_NEW"
-        elif et in (
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
-        ):
-            status = EventType.Name(et).removeprefix("EVENT_TYPE_WORKFLOW_EXECUTION_")
-    if inp is None:
-        raise ValueError(f"run {run_id} of {workflow_id} has no start event")
-    return RunRecord(
-        generation=inp.generation, run_id=run_id, input=inp, result=result,
-        status=status, previous_run_id=prev,
-    )
-
-
-async def read_runs(client: Client, workflow_id: str) -> list[RunRecord]:
-    """Every run of a session, oldest first."""
-    desc = await client.get_workflow_handle(workflow_id).describe()
-    runs: list[RunRecord] = []
-    run_id = desc.run_id
-    while run_id:
-        run = await read_run(client, workflow_id, run_id)
-        runs.append(run)
-        run_id = run.previous_run_id
-    return runs[::-1]
-
-
-async def handoff_payloads(
-    client: Client, workflow_id: str, runs: list[RunRecord]
-) -> dict[int, HandoffPayload]:
+async def handoff_payloads(client: Client, runs: list[Run]) -> dict[int, HandoffPayload]:
     """Handoff payload (with its document) per generation that produced one.
 
     A successor's input carries only the prompt (`HandoffPayload.seed`), so the
-    document is read from the handoff child's result, `<id>-handoff-<generation>`.
+    document is read from the result of the handoff child the predecessor run started.
     """
     out: dict[int, HandoffPayload] = {}
-    for run in runs:
+    for prev, run in zip([None, *runs], runs, strict=False):
         seed = run.input.handoff
         if seed is not None:
             gen = run.generation - 1
             if seed.document is None:
-                child = client.get_workflow_handle(
-                    f"{workflow_id}-handoff-{gen}", result_type=HandoffPayload
-                )
-                try:
-                    seed = await child.result()
-                except (RPCError, WorkflowFailureError):
-                    seed = None
+                child = None
+                if prev is not None and prev.handoff_child:
+                    child = await read_handoff(client, prev.handoff_child)
+                seed = child.result if child is not None else None
             if seed is not None and seed.document is not None:
                 out[gen] = seed
         if run.result is not None and run.result.final_handoff is not None:
@@ -121,7 +55,7 @@ def stable_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-async def current_state(client: Client, workflow_id: str, runs: list[RunRecord]) -> ProjectState:
+async def current_state(client: Client, workflow_id: str, runs: list[Run]) -> ProjectState:
     """The final state of a finished session, else the live state (query `project`).
 
     If the running session cannot be queried (no worker), the state its current
@@ -150,16 +84,16 @@ def _write(path: Path, text: str) -> bool:
 
 async def export_session(client: Client, workflow_id: str, out_dir: Path) -> list[Path]:
     """Write `state.json` and `session-summaries/<generation>.md`; return the paths."""
-    runs = await read_runs(client, workflow_id)
+    runs = await read_runs(client, workflow_id, calls=False)
     state = await current_state(client, workflow_id, runs)
     out_dir = Path(out_dir)
     summaries = out_dir / "session-summaries"
     summaries.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "state.json"]
     _write(written[0], stable_json(state.model_dump(mode="json")))
-    for gen, payload in (await handoff_payloads(client, workflow_id, runs)).items():
+    for gen, payload in (await handoff_payloads(client, runs)).items():
         path = summaries / f"{gen:03d}.md"
         assert payload.document is not None
-        _write(path, payload.document.to_markdown())
+        _write(path, to_markdown(payload.document))
         written.append(path)
     return written

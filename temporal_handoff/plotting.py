@@ -1,24 +1,21 @@
 """Context usage per turn across a session's generations, read back from Temporal history.
 
-For each run (generation) of a session, every completed `call_model` activity's
-result is a `ModelResponse` with the exact usage of that call; the context it
-occupied is `usage.prompt_tokens + usage.output_tokens`, divided by the run's
-context window (`SessionInput.config.context_window`, else the `model_info`
-activity's answer). `handoff plot` draws the series with matplotlib (Agg backend,
+For each run (generation) of a session (read by :mod:`temporal_handoff.runs`), every
+completed `call_model` activity's result is a `ModelResponse` with the exact usage of
+that call; the context it occupied is `usage.prompt_tokens + usage.output_tokens`,
+divided by the run's context window (`SessionInput.config.context_window`, else the
+`model_info` activity's answer). `handoff plot` draws the series with matplotlib (Agg backend,
 the optional `plot` extra).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, Field
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from temporal_handoff.schemas.model_io import ModelInfoResult, ModelResponse
-from temporal_handoff.schemas.session import SessionInput, SessionResult
+from temporal_handoff.runs import Run, read_runs
 
 
 class TurnUsage(BaseModel):
@@ -45,74 +42,30 @@ class RunUsage(BaseModel):
         return [t.tokens / self.context_window for t in self.turns]
 
 
-async def _decode(client: Client, payloads: Any, kind: type) -> Any:
-    (value,) = await client.data_converter.decode(payloads, [kind])
-    return value
-
-
-async def run_usage(client: Client, workflow_id: str, run_id: str) -> RunUsage:
-    """The per-turn context usage of one run, from its history."""
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    out = RunUsage(generation=-1, run_id=run_id, ended_by="RUNNING")
-    scheduled: dict[int, str] = {}
-    window_from_info: int | None = None
-    async for event in handle.fetch_history_events():
-        et = event.event_type
-        if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            attrs = event.workflow_execution_started_event_attributes
-            inp: SessionInput = await _decode(client, attrs.input.payloads, SessionInput)
-            out.generation = inp.generation
-            out.context_window = inp.config.context_window
-            out.warn_threshold = inp.config.warn_threshold
-            out.handoff_threshold = inp.config.handoff_threshold
-            out.previous_run_id = attrs.continued_execution_run_id
-        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            attrs_s = event.activity_task_scheduled_event_attributes
-            scheduled[event.event_id] = attrs_s.activity_type.name
-        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            attrs_c = event.activity_task_completed_event_attributes
-            kind = scheduled.get(attrs_c.scheduled_event_id)
-            if kind == "call_model":
-                resp: ModelResponse = await _decode(client, attrs_c.result.payloads, ModelResponse)
-                if resp.preflight_refused:  # no call was made: nothing was occupied
-                    continue
-                tokens = resp.usage.prompt_tokens + resp.usage.output_tokens
-                out.turns.append(TurnUsage(turn=len(out.turns) + 1, tokens=tokens))
-            elif kind == "model_info":
-                info: ModelInfoResult = await _decode(
-                    client, attrs_c.result.payloads, ModelInfoResult
-                )
-                window_from_info = info.context_window
-        elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
-            attrs_n = event.workflow_execution_continued_as_new_event_attributes
-            nxt: SessionInput = await _decode(client, attrs_n.input.payloads, SessionInput)
-            out.ended_by = nxt.handoff_reason.value if nxt.handoff_reason else "HANDOFF"
-        elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            attrs_d = event.workflow_execution_completed_event_attributes
-            res: SessionResult = await _decode(client, attrs_d.result.payloads, SessionResult)
-            out.ended_by = res.reason.value
-        elif et in (
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
-        ):
-            out.ended_by = EventType.Name(et).removeprefix("EVENT_TYPE_WORKFLOW_EXECUTION_")
-    if out.context_window is None:
-        out.context_window = window_from_info
-    return out
+def run_usage(run: Run) -> RunUsage:
+    """The per-turn context usage of one run read by :mod:`temporal_handoff.runs`."""
+    cfg = run.input.config
+    window = cfg.context_window
+    if window is None and run.model_info is not None:
+        window = run.model_info.context_window
+    return RunUsage(
+        generation=run.generation,
+        run_id=run.run_id,
+        context_window=window,
+        warn_threshold=cfg.warn_threshold,
+        handoff_threshold=cfg.handoff_threshold,
+        turns=[
+            TurnUsage(turn=i, tokens=c.usage.prompt_tokens + c.usage.output_tokens)
+            for i, c in enumerate(run.turns, start=1)
+        ],
+        ended_by=run.ended_by,
+        previous_run_id=run.previous_run_id,
+    )
 
 
 async def usage_series(client: Client, workflow_id: str) -> list[RunUsage]:
-    """Every run of the session, oldest first (walks back through continue-as-new)."""
-    desc = await client.get_workflow_handle(workflow_id).describe()
-    runs: list[RunUsage] = []
-    run_id = desc.run_id
-    while run_id:
-        run = await run_usage(client, workflow_id, run_id)
-        runs.append(run)
-        run_id = run.previous_run_id
-    return runs[::-1]
+    """Every run of the session, oldest first."""
+    return [run_usage(run) for run in await read_runs(client, workflow_id)]
 
 
 def draw_usage(runs: list[RunUsage], path: Path, title: str = "") -> Path:

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio import workflow
-from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -44,12 +42,13 @@ from temporalio.worker import (
 )
 
 from temporal_handoff.activities.handoff_activity import BuildHandoffInput, render_payload
+from temporal_handoff.runs import RunUnreadable, read_run
 from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, RunRef
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import EventError, ProjectState, StateEvent, apply_event
-from temporal_handoff.schemas.session import Command, Health, SessionInput, SessionResult
+from temporal_handoff.schemas.session import Command, Health, SessionInput
 from temporal_handoff.schemas.tokens import TokenLedger
 
 SESSION_WORKFLOW = "AgentSessionWorkflow"
@@ -129,10 +128,6 @@ async def closed_session(client: Client, workflow_id: str, *, wait: bool = False
             pass  # terminated, failed, timed out: resumed from its history below
         desc = await handle.describe()
     return desc.run_id
-
-
-async def _decode(client: Client, payloads: Any, kind: type) -> Any:
-    return (await client.data_converter.decode(payloads, [kind]))[0]
 
 
 # ---------------------------------------------------------------- replay
@@ -236,27 +231,6 @@ def _record_stop(state: ProjectState, generation: int, text: str) -> None:
         pass
 
 
-def _failure_text(failure: Any) -> str:
-    parts = []
-    while failure is not None and failure.message:
-        parts.append(failure.message)
-        failure = failure.cause if failure.HasField("cause") else None
-    return " <- ".join(parts) or "failed"
-
-
-async def _failure_state(client: Client, event: HistoryEvent) -> ProjectState | None:
-    """The state a `SessionWorkflowError` carries (a workflow bug), if any."""
-    failure = event.workflow_execution_failed_event_attributes.failure
-    info = failure.application_failure_info
-    if info.type != "SessionWorkflowError" or not info.details.payloads:
-        return None
-    try:
-        data = await _decode(client, info.details.payloads, dict)
-        return ProjectState.model_validate(data)
-    except (ValueError, TypeError):
-        return None
-
-
 async def resume_session(
     client: Client,
     workflow_id: str,
@@ -275,30 +249,22 @@ async def resume_session(
         pydantic.ValidationError: an override is invalid.
     """
     run_id = await closed_session(client, workflow_id, wait=wait)
-    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-    events = history.events
-    if not events or events[0].event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-        raise ResumeError(f"resume_from: run {run_id} of {workflow_id!r} has no start event")
     try:
-        last_input: SessionInput = await _decode(
-            client, events[0].workflow_execution_started_event_attributes.input.payloads,
-            SessionInput,
-        )
+        last = await read_run(client, workflow_id, run_id, calls=False)
+    except RunUnreadable as err:
+        raise ResumeError(f"resume_from: {err}") from None
+    except RPCError:
+        raise
     except Exception as err:  # any decoding problem is one line
         raise ResumeError(
-            f"resume_from: cannot read the input of run {run_id} of {workflow_id!r}: "
-            f"{_first_line(err)}"
+            f"resume_from: cannot read run {run_id} of {workflow_id!r}: {_first_line(err)}"
         ) from None
+    last_input = last.input
     cfg = merge_config(last_input.config, overrides)
-    closing = events[-1]
-    status = EventType.Name(closing.event_type).removeprefix("EVENT_TYPE_WORKFLOW_EXECUTION_")
     where = f"{workflow_id} run {run_id}"
 
-    if closing.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-        result: SessionResult = await _decode(
-            client, closing.workflow_execution_completed_event_attributes.result.payloads,
-            SessionResult,
-        )
+    if last.result is not None:
+        result = last.result
         if result.final_handoff is None:
             ctx = HandoffContext(
                 session_id=workflow_id, generation=result.generation, run_id=run_id,
@@ -319,14 +285,12 @@ async def resume_session(
     lineage = list(last_input.lineage) + [
         RunRef(generation=gen, workflow_id=workflow_id, run_id=run_id)
     ]
-    replayed = await replayed_state(client, history)
+    replayed = await replayed_state(client, last.history)
     if isinstance(replayed, RunState):
         run = replayed
         source = "its history, replayed"
     else:
-        state = None
-        if closing.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
-            state = await _failure_state(client, closing)
+        state = last.failure_state
         if state is not None:
             source = f"the state in its failure (history did not replay: {replayed})"
         else:
@@ -339,10 +303,10 @@ async def resume_session(
             pending_say=list(last_input.pending_human_text),
             inbox=list(last_input.inbox),
         )
-    if closing.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
-        failure = closing.workflow_execution_failed_event_attributes.failure
-        _record_stop(run.state, gen, f"session run failed: {_failure_text(failure)}"[:2000])
-    elif closing.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT:
+    if last.status == "FAILED":
+        failed = last.failure_text or "failed"
+        _record_stop(run.state, gen, f"session run failed: {failed}"[:2000])
+    elif last.status == "TIMED_OUT":
         _record_stop(run.state, gen, "session run timed out (workflow execution timeout)")
     reason = TerminationReason.USER_ABORT
     ctx = HandoffContext(
@@ -363,7 +327,7 @@ async def resume_session(
         health=run.health.model_dump(exclude={"tasks_per_hour"}),
         handoff_reason=reason,
     )
-    return Resumed(inp, _note(where, status, source, inp))
+    return Resumed(inp, _note(where, last.status, source, inp))
 
 
 def _note(where: str, ended: str, source: str, inp: SessionInput) -> str:

@@ -4,8 +4,8 @@ Headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) opens the U
 the `handoff dev` loop (`temporal_handoff.devloop`: dev server, UI wired to the codec
 server, content store on), finds a finished session by its search attribute, sees
 its handoff child workflows and its search attribute values, and reads a handoff
-document and a successor's input as rendered text (resolved from the content store
-by the codec server), saving screenshots to tests/artifacts/. `make test` installs
+document and a successor's input as rendered text (inline JSON: only conversations go
+to the content store, which the codec server resolves), saving screenshots to tests/artifacts/. `make test` installs
 chromium (`browser-deps`); without it this test fails, it is not skipped.
 
 Every UI wait is a condition with a generous timeout (`UI_WAIT_MS`): the UI renders
@@ -36,6 +36,7 @@ from temporal_handoff.schemas.session import (
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.workers.storage import external_storage
 from tests.conftest import running_worker
+from tests.helpers import call_model_inputs, is_store_reference
 from tests.waits import wait_status
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,7 +94,7 @@ async def find_in_payloads(page: object, text: str, *, in_string: bool = False) 
 
 
 def _store(loop: DevLoop) -> dict[str, object]:
-    """Worker options: the loop's content store (conversations and documents out of history)."""
+    """Worker options: the loop's content store (conversations out of history)."""
     return {"storage": external_storage(loop.storage_dir)}
 
 
@@ -228,7 +229,8 @@ async def test_ui_reads_handoff_document_and_successor_input_from_store(ui_env: 
     successor = result.lineage[gen + 1].run_id
     succ_input = await client.get_workflow_handle(wid, run_id=successor).fetch_history()
     raw = succ_input.events[0].workflow_execution_started_event_attributes.input.payloads[0]
-    assert raw.metadata["messageType"].endswith(b"ExternalStorageReference")  # store ON
+    assert any(map(is_store_reference, call_model_inputs(succ_input)))  # store ON
+    assert not is_store_reference(raw)  # conversations go out; the successor's input stays
     (inp,) = await client.data_converter.decode([raw], [SessionInput])
     assert inp.handoff is not None
     prompt_line = next(ln for ln in inp.handoff.prompt.splitlines() if open_ids[0] in ln).strip()
@@ -248,7 +250,7 @@ async def test_ui_reads_handoff_document_and_successor_input_from_store(ui_env: 
                 lambda r: codec_calls.append(f"{r.status} {r.url.rsplit('/', 1)[-1]}")
                 if "/decode" in r.url or "/download" in r.url else None,
             )
-            # The handoff child: its result is the document, read from the store.
+            # The handoff child: its result is the document, inline.
             await page.goto(f"{base}/{child_id}")
             await expect(main).to_contain_text('"document"')
             for blocker in open_ids:
@@ -260,7 +262,7 @@ async def test_ui_reads_handoff_document_and_successor_input_from_store(ui_env: 
             await page.screenshot(path=str(ARTIFACTS / "ui-4-handoff-document.png"), full_page=True)
 
             # The continue-as-new run and the successor: the successor's input (its
-            # handoff prompt), read from the store.
+            # handoff prompt).
             for run, shot in ((continued, "ui-5-continued-run"), (successor, "ui-6-successor-input")):
                 await page.goto(f"{base}/{wid}/{run}")
                 await expect(main).to_contain_text("Input")

@@ -24,6 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
 from temporal_handoff.cli import app
+from temporal_handoff.cli.visibility import _panel
 from temporal_handoff.plotting import usage_series
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
@@ -31,7 +32,6 @@ from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.schemas.session import SessionInput, SessionResult
 from temporal_handoff.schemas.visibility import ALL_KEYS
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
-from temporal_handoff.visibility_cli import _panel
 from temporal_handoff.workers.devserver import temporal_binary
 from tests.conftest import running_worker
 

@@ -44,7 +44,8 @@ async def stored_start_input(
     env: WorkflowEnvironment, store: Path, codec: AesGcmCodec | None, marker: str
 ) -> Payload:
     """Start (and terminate) a session whose input goes to the store; its history's input."""
-    plugin = HandoffPlugin(storage=external_storage(store), codec=codec)
+    # inline_max_bytes=0: this (non-conversation) input goes to the store too.
+    plugin = HandoffPlugin(storage=external_storage(store, inline_max_bytes=0), codec=codec)
     client = Client(**{**env.client.config(), "plugins": [plugin]})
     project = synthetic_project(40, 3)
     first = next(iter(project.tasks))
@@ -161,11 +162,14 @@ async def test_replay_store_backed_session(
     env: WorkflowEnvironment, client: Client, task_queue: str, tmp_path: Path
 ) -> None:
     store = tmp_path / "payloads"
-    starter = Client(**{**client.config(), "plugins": [HandoffPlugin(storage=external_storage(store))]})
+    # inline_max_bytes=0: every payload from 4 KiB up is stored (inputs, results, the
+    # handoff documents), so every command that reads this history needs the store.
+    storage = external_storage(store, inline_max_bytes=0)
+    starter = Client(**{**client.config(), "plugins": [HandoffPlugin(storage=storage)]})
     window = 3_000
     brain = ScriptedAgentBrain(tasks_per_turn=2)
     with FakeAnthropicServer(brain=brain, context_windows={"claude-sonnet-4-6": window}) as fake:
-        async with running_worker(client, task_queue, fake.base_url, storage=external_storage(store)):
+        async with running_worker(client, task_queue, fake.base_url, storage=storage):
             handle = await starter.start_workflow(
                 "AgentSessionWorkflow",
                 SessionInput(config=SessionConfig(context_window=window), project=synthetic_project(24, 2)),

@@ -45,7 +45,6 @@ NOT_CONTRACTS = {
     "temporal_handoff.workers.plugin.HandoffOptions",
     # Rows of local reports, built from decoded histories, never sent to Temporal.
     "temporal_handoff.chain.RunSummary",
-    "temporal_handoff.export.RunRecord",
     "temporal_handoff.plotting.TurnUsage",
     "temporal_handoff.plotting.RunUsage",
 }

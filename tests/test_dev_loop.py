@@ -22,6 +22,8 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
 
+from tests.helpers import call_model_inputs, is_store_reference
+
 HANDOFF = str(Path(sys.executable).parent / "handoff")
 READY_S = 180.0
 """Upper bound for the loop to come up (normally ~3 s; the machine may be loaded)."""
@@ -101,11 +103,10 @@ async def test_handoff_dev_serves_ui_codec_and_commands_then_stops_on_sigterm(tm
         assert proc.poll() is None  # still up
 
         # The UI is served and its settings point at the loop's codec server, which
-        # turns the session's stored input into JSON for it.
+        # turns a stored conversation (a model call's input) into JSON for it.
         client = await Client.connect(f"127.0.0.1:{port}")
         history = await client.get_workflow_handle(wid).fetch_history()
-        ref = history.events[0].workflow_execution_started_event_attributes.input.payloads[0]
-        assert ref.metadata["messageType"].endswith(b"ExternalStorageReference")
+        ref = next(filter(is_store_reference, call_model_inputs(history)))  # a conversation
         ui = f"http://localhost:{ui_port}"
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{ui}/namespaces/default/workflows") as r:
@@ -122,7 +123,7 @@ async def test_handoff_dev_serves_ui_codec_and_commands_then_stops_on_sigterm(tm
                 assert r.headers["Access-Control-Allow-Origin"] == ui
                 (decoded,) = json_format.ParseDict(await r.json(), Payloads()).payloads
             assert decoded.metadata["encoding"] == b"json/plain"
-            assert b'"project"' in decoded.data
+            assert b'"messages"' in decoded.data
             async with http.post(exports["HANDOFF_CODEC_ENDPOINT"] + "/decode", json=body) as r:
                 assert r.status == 401  # the bare endpoint needs the token
 

@@ -32,15 +32,12 @@ from temporalio.client import (
 )
 
 from temporal_handoff.activities.tokenizer import count_tokens
+from temporal_handoff.documents.build import build_document
+from temporal_handoff.documents.markdown import to_markdown
+from temporal_handoff.documents.render import render_prompt
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.events import HandoffInput
-from temporal_handoff.schemas.handoff import (
-    HandoffContext,
-    HandoffDocument,
-    HandoffPayload,
-    build_document,
-    render_prompt,
-)
+from temporal_handoff.schemas.handoff import HandoffContext, HandoffDocument, HandoffPayload
 from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
 from temporal_handoff.schemas.project import (
     Blocker,
@@ -418,7 +415,7 @@ def _render(state: ProjectState) -> None:
     doc = build_document(state, ctx)
     payload = render_prompt(doc, count=count_tokens)
     assert payload.prompt
-    assert doc.to_markdown() and doc.summary()
+    assert to_markdown(doc) and doc.summary()
     again = HandoffPayload.model_validate_json(payload.model_dump_json())
     assert again.prompt == payload.prompt
 
@@ -452,7 +449,7 @@ def test_handoff_document_rejects_with_a_message(data: Any) -> None:
     except ValueError as err:
         _message_of(err)
         return
-    assert doc.to_markdown() and doc.summary()
+    assert to_markdown(doc) and doc.summary()
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])

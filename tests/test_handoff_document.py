@@ -32,17 +32,20 @@ from temporal_handoff.activities.tokenizer import (
     count_tokens,
     estimate_tokens,
 )
+from temporal_handoff.documents.build import (
+    MULTI_DAY_PAUSE_S,
+    build_document,
+    choose_template,
+    summarize_events,
+)
+from temporal_handoff.documents.markdown import to_markdown
+from temporal_handoff.documents.render import render_prompt
 from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.handoff import (
-    MULTI_DAY_PAUSE_S,
     HandoffContext,
     HandoffDocument,
     HandoffPayload,
     RunRef,
-    build_document,
-    choose_template,
-    render_prompt,
-    summarize_events,
 )
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import (
@@ -546,7 +549,7 @@ def test_to_json_is_stable_and_sorted(
 def test_markdown_and_summary(realistic: dict[int, tuple[ProjectState, HandoffContext]]) -> None:
     state, ctx = realistic[169]
     doc = build_document(state, ctx)
-    md = doc.to_markdown()
+    md = to_markdown(doc)
     for head in (
         "## Goal",
         "## Open blockers",

@@ -16,6 +16,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from temporal_handoff.documents.markdown import to_markdown
 from temporal_handoff.schemas.handoff import HandoffPayload
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import synthetic_project
@@ -78,7 +79,7 @@ async def test_api_key_never_reaches_history_logs_or_documents(
     for child in children:
         payload = await client.get_workflow_handle(child, result_type=HandoffPayload).result()
         texts[f"handoff payload {child}"] = payload.model_dump_json()
-        texts[f"handoff markdown {child}"] = payload.document.to_markdown()
+        texts[f"handoff markdown {child}"] = to_markdown(payload.document)
     assert len([k for k in texts if k.startswith("handoff payload")]) >= 1
 
     records = caplog.records

@@ -311,7 +311,7 @@ async def test_gc_of_a_live_session_is_refused_and_the_session_completes(
     session replays and completes. A running workflow under one of the session's child
     ids is refused the same way; once everything is closed, gc collects it all."""
     root = tmp_path / "store"
-    store = external_storage(root, threshold_bytes=256)
+    store = external_storage(root, threshold_bytes=256, inline_max_bytes=0)
     config = client.config()
     config["plugins"] = [HandoffPlugin(storage=store)]
     client = Client(**config)
@@ -336,7 +336,7 @@ async def test_gc_of_a_live_session_is_refused_and_the_session_completes(
                 assert code == 2, (code, out, err)
                 assert f"{wid!r} is RUNNING" in err and len(err.strip().splitlines()) == 1, err
                 assert before <= blob_files(root)  # nothing deleted (a live session may add)
-        fresh = external_storage(root, threshold_bytes=256)  # a restarted worker: no cache
+        fresh = external_storage(root, threshold_bytes=256, inline_max_bytes=0)  # restarted: no cache
         async with running_worker(client, task_queue, fake.base_url, storage=fresh):
             async with cleanup(client, env, wid):
                 await handle.signal("resume")

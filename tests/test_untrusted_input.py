@@ -96,7 +96,7 @@ async def test_crafted_signals_are_dropped_visibly_and_the_session_completes(
     env: WorkflowEnvironment, client: Client, task_queue: str, tmp_path: Path
 ) -> None:
     codec = AesGcmCodec({"k1": os.urandom(32)})
-    store = external_storage(tmp_path / "store", threshold_bytes=256)
+    store = external_storage(tmp_path / "store", threshold_bytes=256, inline_max_bytes=0)
     config = client.config()
     config["plugins"] = [HandoffPlugin(codec=codec, storage=store)]
     client = Client(**config)  # reads what the workers write
@@ -216,7 +216,7 @@ async def test_own_payload_missing_names_the_blob_and_restoring_it_heals_the_ses
     workflow task fails with a one-line cause naming the missing blob; restoring the
     blobs lets the session continue by itself, with no reset."""
     root = tmp_path / "store"
-    store = external_storage(root, threshold_bytes=256)
+    store = external_storage(root, threshold_bytes=256, inline_max_bytes=0)
     config = client.config()
     config["plugins"] = [HandoffPlugin(storage=store)]
     client = Client(**config)
@@ -230,7 +230,7 @@ async def test_own_payload_missing_names_the_blob_and_restoring_it_heals_the_ses
         for blob in (root / "blobs").rglob("*"):
             if blob.is_file():
                 blob.unlink()
-        fresh = external_storage(root, threshold_bytes=256)  # no cache of the old bytes
+        fresh = external_storage(root, threshold_bytes=256, inline_max_bytes=0)  # no cached bytes
         async with running_worker(client, task_queue, fake.base_url, storage=fresh):
             async with cleanup(client, env, wid):
                 await _signal(env, wid, "--name", "resume")  # a new task: replays the run

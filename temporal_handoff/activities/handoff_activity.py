@@ -7,16 +7,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from temporal_handoff.activities.tokenizer import count_tokens
+from temporal_handoff.documents.build import build_document
+from temporal_handoff.documents.probe import derive_probes, find_misses, miss_labels
+from temporal_handoff.documents.render import LEVEL_ORDER, default_budgets, render_prompt
 from temporal_handoff.schemas.base import DurableModel
 from temporal_handoff.schemas.config import CompressionLevel
-from temporal_handoff.schemas.handoff import (
-    PAYLOAD_TOO_LARGE,
-    HandoffContext,
-    HandoffPayload,
-    build_document,
-    default_budgets,
-    render_prompt,
-)
+from temporal_handoff.schemas.handoff import PAYLOAD_TOO_LARGE, HandoffContext, HandoffPayload
 from temporal_handoff.schemas.project import ProjectState
 
 __all__ = ["BuildHandoffInput", "build_handoff", "render_payload", "PAYLOAD_TOO_LARGE"]
@@ -48,14 +44,49 @@ class BuildHandoffInput(DurableModel):
 
 
 def render_payload(inp: BuildHandoffInput) -> HandoffPayload:
-    """Build the document and render it within budget (sync; tiktoken counts × calibration)."""
+    """Build the document, render it within budget and probe the prompt (sync).
+
+    Token counts are tiktoken × calibration. Every critical item of the document is
+    probed in the rendered prompt (`documents.probe`); on a miss the next level is
+    rendered, up to the top one, and what is still missing there is recorded in the
+    payload (`probe_missed`, `probe_misses`, `note`): nothing is dropped silently.
+    """
     doc = build_document(inp.state, inp.context)
-    return render_prompt(
-        doc,
-        level=inp.level,
-        budgets=inp.budgets,
-        count=count_tokens,
-        calibration=inp.calibration,
+    probes = derive_probes(doc)
+    level = inp.level
+    missed_at: list[str] = []
+    while True:
+        payload = render_prompt(
+            doc,
+            level=level,
+            budgets=inp.budgets,
+            count=count_tokens,
+            calibration=inp.calibration,
+        )
+        misses = find_misses(probes, payload.prompt)
+        at = LEVEL_ORDER.index(payload.level)
+        if not misses or at == len(LEVEL_ORDER) - 1:
+            break
+        missed_at.append(f"{payload.level.value} ({len(misses)})")
+        level = LEVEL_ORDER[at + 1]
+    notes = [payload.note] if payload.note else []
+    if missed_at:
+        notes.insert(
+            0,
+            f"probe: critical items incomplete at {', '.join(missed_at)}; rendered at "
+            f"{payload.level.value}",
+        )
+    if misses:
+        notes.append(f"probe: {len(misses)} critical item(s) incomplete even at {payload.level.value}")
+    return payload.model_copy(
+        update={
+            "requested_level": inp.level,
+            "escalated": payload.escalated or bool(missed_at),
+            "note": "; ".join(notes),
+            "probes": len(probes),
+            "probe_missed": len(misses),
+            "probe_misses": miss_labels(misses),
+        }
     )
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 from temporalio import activity
-from temporalio.api.enums.v1 import EventType
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from temporal_handoff.runs import RunUnreadable, read_run_input
 from temporal_handoff.schemas.events import RecallRequest
 from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import SessionInput
@@ -58,20 +58,14 @@ def _matches(item: object, wanted: set[str]) -> bool:
 
 
 async def load_generation_input(session_id: str, run_id: str) -> SessionInput:
-    """The `SessionInput` a run started with, decoded from its history.
+    """The `SessionInput` a run started with, read with the worker's client (its
+    content store and codec) by :func:`temporal_handoff.runs.read_run_input`.
 
     Raises:
         ApplicationError: the run is gone (past retention) or has no start event.
     """
-    client = activity.client()
-    handle = client.get_workflow_handle(session_id, run_id=run_id)
     try:
-        async for event in handle.fetch_history_events():
-            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-                payloads = event.workflow_execution_started_event_attributes.input.payloads
-                values = await client.data_converter.decode(payloads, [SessionInput])
-                return values[0]
-            break
+        return await read_run_input(activity.client(), session_id, run_id)
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
@@ -80,7 +74,8 @@ async def load_generation_input(session_id: str, run_id: str) -> SessionInput:
             type="RecallNotFound",
             non_retryable=True,
         ) from None
-    raise ApplicationError(f"run {run_id} of {session_id} has no start event", non_retryable=True)
+    except RunUnreadable as err:
+        raise ApplicationError(str(err), non_retryable=True) from None
 
 
 @activity.defn(name="recall")

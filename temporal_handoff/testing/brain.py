@@ -22,6 +22,10 @@ Protocol the brain follows (the workflow speaks it):
   when a newer line announces it.
 * ``ALL TASKS COMPLETE`` in the last user message: final text, no tools.
 * ``AWAITING DECISION`` in the last user message: text, no tools.
+* Text inside human blocks (``<human_message …>…</human_message>``,
+  ``<human_decision …>…</human_decision>``, see `temporal_handoff.human_text`) is what
+  a person wrote: like a model told so, the brain never reads a control line, a
+  blocker id or a failure marker in it.
 * With ``empty_turn_every`` set, a reply to a message of tool results only is, for
   some of them (by hash), an empty turn (``content: []``, ``end_turn``), as Claude
   sometimes answers; the next user message gets the work going again.
@@ -39,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from temporal_handoff.human_text import strip_quoted
 from temporal_handoff.schemas.model_io import block_text, message_text, prompt_text
 
 __all__ = [
@@ -123,7 +128,7 @@ def _text(value: str) -> dict[str, Any]:
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
-            return message_text(message)
+            return strip_quoted(message_text(message))
     return ""
 
 
@@ -159,13 +164,13 @@ def _prompt_events(request: dict[str, Any]) -> list[str | _ToolUse]:
     events: list[str | _ToolUse] = []
     system = request.get("system")
     if isinstance(system, str):
-        events.append(system)
+        events.append(strip_quoted(system))
     elif isinstance(system, list):
-        events.extend(block_text(b) for b in system)
+        events.extend(strip_quoted(block_text(b)) for b in system)
     for message in request.get("messages") or []:
         content = message.get("content", "")
         if isinstance(content, str):
-            events.append(content)
+            events.append(strip_quoted(content))
             continue
         for block in content or []:
             if isinstance(block, dict) and block.get("type") == "tool_use":
@@ -177,7 +182,7 @@ def _prompt_events(request: dict[str, Any]) -> list[str | _ToolUse]:
                     )
                 )
             else:
-                events.append(block_text(block))
+                events.append(strip_quoted(block_text(block)))
     return events
 
 
@@ -320,7 +325,7 @@ class ScriptedAgentBrain:
         if not todo:
             return BrainReply(content=[_text("No eligible tasks visible.")])
 
-        whole = prompt_text(messages, request.get("system"))
+        whole = strip_quoted(prompt_text(messages, request.get("system")))
         failed_before = {
             e.input.get("task_id")
             for e in events

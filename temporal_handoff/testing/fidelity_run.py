@@ -6,7 +6,8 @@ the plan of `fidelity_plan` as its system prompt. A simulated human answers ever
 human-decision blocker with `human_choice`. Afterwards the chain is read back from
 Temporal: each successor's input holds the project state at the handoff and the
 continuation prompt it was given, so the critical items of every handoff can be
-checked against the prompt the successor read.
+checked, with the handoff's own probes (`documents.probe`), against the prompt the
+successor read (for the blanked control: "(nothing)").
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from temporal_handoff.chain import run_input, session_chain
+from temporal_handoff.documents.build import build_document
+from temporal_handoff.documents.probe import Probe, derive_probes, find_misses
+from temporal_handoff.runs import read_runs
 from temporal_handoff.schemas.config import CompressionLevel, SessionConfig
+from temporal_handoff.schemas.handoff import HandoffContext
+from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import BlockerType, ProjectState
 from temporal_handoff.schemas.session import DecideArgs, SessionInput, SessionResult, SessionStatus
 from temporal_handoff.testing.fidelity_plan import FidelityPlan, human_choice, score_fidelity
 from temporal_handoff.testing.payload_agent import PayloadAgent
 
-__all__ = ["FidelityRun", "critical_items", "run_fidelity"]
+__all__ = ["FidelityRun", "critical_probes", "run_fidelity"]
 
 
 @dataclass
@@ -60,26 +65,14 @@ class FidelityRun:
         }
 
 
-def critical_items(state: ProjectState) -> dict[str, list[str]]:
-    """The items a handoff must never drop, each with the texts that must appear.
-
-    Keys identify an item across generations (``human_decision:HD-B-x``); values are the
-    strings the rendered prompt must contain: the id, and for a human decision its text,
-    for a failed task the start of its error.
-    """
-    items: dict[str, list[str]] = {}
-    if state.current_phase:
-        items[f"phase:{state.current_phase}"] = [f"`{state.current_phase}`"]
-    for b in state.open_blockers():
-        items[f"blocker:{b.id}"] = [f"`{b.id}`"]
-    for d in state.decisions:
-        if d.by.startswith("human"):
-            items[f"human_decision:{d.id}"] = [f"`{d.id}`", d.title[:60]]
-    for t in state.failed_tasks():
-        items[f"failed:{t.id}"] = [f"`{t.id}`", t.error[:40]]
-    for tid in state.next_eligible():
-        items[f"eligible:{tid}"] = [f"`{tid}`"]
-    return items
+def critical_probes(state: ProjectState) -> dict[str, Probe]:
+    """The probes of the handoff's own check (`documents.probe`) for `state`: current
+    phase, open blockers, human decisions with their text, failed tasks with their
+    error, next eligible tasks; keyed ``kind:id`` to follow an item across handoffs."""
+    ctx = HandoffContext(
+        session_id="fidelity", generation=0, reason=TerminationReason.CONTEXT_HANDOFF
+    )
+    return {f"{p.kind}:{p.item}": p for p in derive_probes(build_document(state, ctx))}
 
 
 def _read(prompt: str, agent: PayloadAgent) -> str:
@@ -166,23 +159,21 @@ async def run_fidelity(
     wall = time.monotonic() - started
 
     # Every successor's input: the state at its handoff and the prompt it was given.
-    chain = await session_chain(client, handle.id)
     handoffs: list[tuple[ProjectState, str]] = []
     tokens: list[int] = []
-    for row in chain[1:]:
-        inp = await run_input(client, row.workflow_id or handle.id, row.run_id)
-        if inp is None or inp.handoff is None:
-            continue
-        handoffs.append((inp.project, _read(inp.handoff.prompt, agent)))
-        tokens.append(inp.handoff.prompt_tokens)
+    for run in (await read_runs(client, handle.id, calls=False))[1:]:
+        if run.input.handoff is not None:
+            handoffs.append((run.input.project, _read(run.input.handoff.prompt, agent)))
+            tokens.append(run.input.handoff.prompt_tokens)
     survival: list[float | None] = []
     misses = 0
-    first = critical_items(handoffs[0][0]) if handoffs else {}
+    first = critical_probes(handoffs[0][0]) if handoffs else {}
     for state, prompt in handoffs:
-        now = critical_items(state)
-        misses += sum(1 for texts in now.values() if not all(t in prompt for t in texts))
+        now = critical_probes(state)
+        missed = {f"{p.kind}:{p.item}" for p, _ in find_misses(list(now.values()), prompt)}
+        misses += len(missed)
         alive = [k for k in first if k in now]
-        present = [k for k in alive if all(t in prompt for t in now[k])]
+        present = [k for k in alive if k not in missed]
         survival.append(round(len(present) / len(alive), 4) if alive else None)
     return FidelityRun(
         result=result,

@@ -212,7 +212,11 @@ class PayloadAgent:
 
     @staticmethod
     def _human(v: _View, tid: str) -> str | None:
+        # One line (the handoff, a recall result) or the live block after the blocker id.
         found = re.findall(rf"B-{_tid(tid)}[^\n}}]{{0,300}}?\buse ([a-z][\w-]*)", v.text)
+        found += re.findall(
+            rf"`B-{_tid(tid)}`:\s*<human_decision[^>\n]*>\s*use ([a-z][\w-]*)", v.text
+        )
         return str(found[-1]) if found else None
 
     @staticmethod

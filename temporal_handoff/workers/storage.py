@@ -3,9 +3,15 @@
 Temporal keeps every activity input in history. A session sends the whole
 conversation to `call_model` each turn, so at a 100K-token conversation a naive
 worker adds ~440 KB of history per turn and meets the 4 MiB continue-as-new
-suggestion within ten turns. With the SDK's `ExternalStorage` every payload above a
-size threshold is written to a `StorageDriver` and history keeps only a reference
-(~250 bytes).
+suggestion within ten turns. With the SDK's `ExternalStorage` a payload is written to
+a `StorageDriver` and history keeps only a reference (~250 bytes).
+
+Which payloads go out (`external_storage`): conversations — the payloads the
+converter marks with ``handoff-content: conversation`` (a `call_model` request), from
+`threshold_bytes` up — and anything else only from `inline_max_bytes` up. Everything
+people read in the Temporal UI (run inputs and results, the handoff child's input and
+its result, the handoff document) stays inline JSON while it is a size the UI shows
+comfortably; only a very large project state goes to the store.
 
 `LocalStorageDriver` is such a driver over a directory:
 
@@ -73,11 +79,15 @@ from temporalio.converter import (
     StorageDriverActivityInfo,
     StorageDriverClaim,
     StorageDriverRetrieveContext,
+    StorageDriverSelectContext,
     StorageDriverStoreContext,
     StorageDriverWorkflowInfo,
 )
 
 __all__ = [
+    "CONTENT_METADATA",
+    "CONVERSATION",
+    "DEFAULT_INLINE_MAX_BYTES",
     "DEFAULT_THRESHOLD_BYTES",
     "DRIVER_NAME",
     "BlobUnavailableError",
@@ -90,6 +100,7 @@ __all__ = [
     "external_storage",
     "gc_orphans",
     "gc_session",
+    "is_conversation",
     "session_scopes",
     "split_points",
     "storage_stats",
@@ -100,12 +111,20 @@ DRIVER_NAME = "handoff-local"
 """Name written into every reference; readers must register a driver of this name."""
 
 DEFAULT_THRESHOLD_BYTES = 4 * 1024
-"""Payloads at least this big are stored outside history.
+"""Conversations at least this big are stored outside history.
 
 Small enough that every model-call input goes out (a turn then adds ~2-4 KB of
-history whatever the conversation size), big enough that small results, signals
-and commands stay inline and readable in the Temporal UI.
+history whatever the conversation size).
 """
+
+DEFAULT_INLINE_MAX_BYTES = 64 * 1024
+"""Other payloads (project state, the handoff document) stay inline below this size:
+readable JSON in the Temporal UI. A 169-task project's session input is ~35 KB."""
+
+CONTENT_METADATA = "handoff-content"
+"""Payload metadata key the converter sets on conversations (not secret: it says what
+a payload is, never what it holds; the codec copies it onto the encrypted payload)."""
+CONVERSATION = b"conversation"
 
 _MANIFEST_MAGIC = b"thm1"
 _DIGEST = 32
@@ -669,21 +688,41 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def is_conversation(payload: Payload) -> bool:
+    """Whether the converter marked `payload` as a conversation (see `CONTENT_METADATA`)."""
+    return payload.metadata.get(CONTENT_METADATA) == CONVERSATION
+
+
 def external_storage(
     directory: str | os.PathLike[str],
     threshold_bytes: int = DEFAULT_THRESHOLD_BYTES,
+    inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
     **driver_options: object,
 ) -> ExternalStorage:
-    """An `ExternalStorage` that keeps payloads ≥ `threshold_bytes` in `directory`.
+    """An `ExternalStorage` that keeps conversations ≥ `threshold_bytes`, and any
+    payload ≥ max(`threshold_bytes`, `inline_max_bytes`), in `directory`.
 
     Args:
         directory: Shared by every worker (and client that starts sessions with big
             inputs) of the deployment; must survive worker restarts.
         threshold_bytes: Payloads smaller than this stay inline in history.
+        inline_max_bytes: Payloads that are not conversations stay inline below this
+            size (0: store every payload from `threshold_bytes` up).
         driver_options: Passed to `LocalStorageDriver` (min_chunk, fsync, ...).
     """
+    if inline_max_bytes < 0:
+        raise ValueError(f"inline_max_bytes must be >= 0, got {inline_max_bytes}")
     driver = LocalStorageDriver(directory, **driver_options)  # type: ignore[arg-type]
-    return ExternalStorage(drivers=[driver], payload_size_threshold=threshold_bytes)
+
+    def select(_ctx: StorageDriverSelectContext, payload: Payload) -> StorageDriver | None:
+        # Called only for payloads of at least `threshold_bytes`.
+        if is_conversation(payload) or payload.ByteSize() >= inline_max_bytes:
+            return driver
+        return None
+
+    return ExternalStorage(
+        drivers=[driver], driver_selector=select, payload_size_threshold=threshold_bytes
+    )
 
 
 # ---------------------------------------------------------------------- GC

@@ -23,6 +23,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import DataConverter
 
+from temporal_handoff.schemas.model_io import ModelRequest
 from temporal_handoff.schemas.undecodable import (
     Undecodable,
     UndecodablePayloadConverter,
@@ -30,6 +31,7 @@ from temporal_handoff.schemas.undecodable import (
     is_marker,
     marker,
 )
+from temporal_handoff.workers.storage import CONTENT_METADATA, CONVERSATION
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ _Pass = Callable[[Sequence[Payload]], Awaitable[list[Payload]]]
 
 
 class HandoffPayloadConverter(PydanticPayloadConverter):
-    """Pydantic JSON conversion plus the undecodable marker (read-only).
+    """Pydantic JSON conversion plus the undecodable marker (read-only), and the
+    conversation mark the content store selects on.
 
     Inside a workflow, untyped input (the session's command handlers) that no converter
     can read — an unknown encoding, bytes that are not JSON — becomes an
@@ -48,6 +51,15 @@ class HandoffPayloadConverter(PydanticPayloadConverter):
         super().__init__()
         converters = [*self.converters.values(), UndecodablePayloadConverter()]
         super(PydanticPayloadConverter, self).__init__(*converters)
+
+    def to_payloads(self, values: Sequence[Any]) -> list[Payload]:
+        """Pydantic JSON; a conversation (a `call_model` request) is marked so the
+        content store takes it and leaves the rest inline (see `workers.storage`)."""
+        payloads = super().to_payloads(values)
+        for value, payload in zip(values, payloads, strict=True):
+            if isinstance(value, ModelRequest):
+                payload.metadata[CONTENT_METADATA] = CONVERSATION
+        return payloads
 
     def from_payloads(
         self, payloads: Sequence[Payload], type_hints: list[type] | None = None

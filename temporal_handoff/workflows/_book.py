@@ -40,6 +40,9 @@ class SessionBook:
     abort: AbortArgs | None = None
     pending_say: list[str] = field(default_factory=list)
     """Human text recorded in the state but not yet shown to the model."""
+    quote_human: bool = False
+    """Human text enters `pending_say` as delimited, escaped blocks (`human_text`);
+    set by the session (patch "quote-human-text-1")."""
     recent_human: list[str] = field(default_factory=list)
     inbox: list[Command] = field(default_factory=list)
     """Commands accepted while sealing, applied by the successor."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from temporal_handoff.human_text import quote
 from temporal_handoff.schemas.base import validate_durable
 from temporal_handoff.schemas.handoff import HUMAN_TEXT_CAP_CHARS
 from temporal_handoff.schemas.project import (
@@ -229,7 +230,7 @@ def apply(book: SessionBook, cmd: Command) -> str:
             return f"not applied: {err}"
     if kind == CommandKind.SAY:
         text = events[0].args["text"]
-        book.pending_say.append(text)
+        book.pending_say.append(quote(text, by=_human(cmd.by)) if book.quote_human else text)
         book.recent_human.append(text)
         reply = "message queued for the next turn"
         if len(text) > HUMAN_TEXT_CAP_CHARS:
@@ -243,7 +244,12 @@ def apply(book: SessionBook, cmd: Command) -> str:
         note = f"Human decision on blocker `{d.blocker_id}`: {d.decision}"
         if d.rationale:
             note += f" (rationale: {d.rationale})"
-        book.pending_say.append(note)
+        if book.quote_human:
+            said = d.decision + (f"\n(rationale: {d.rationale})" if d.rationale else "")
+            block = quote(said, "human_decision", by=_human(d.by))
+            book.pending_say.append(f"Human decision on blocker `{d.blocker_id}`:\n{block}")
+        else:
+            book.pending_say.append(note)
         book.recent_human.append(note)
         return f"decision recorded for {d.blocker_id}"
     # skip / retry

@@ -18,15 +18,33 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.visibility import search_attribute_updates
 
 
+RUN_SUMMARY_PATCH = "run-summary-1"
+"""From this patch on: every run's details lead with the summary line, and the memo
+carries the handoff payload's token count and level beside its summary."""
+
+
+def summary_line(state: ProjectState, generation: int) -> str:
+    """What `handoff start` puts in `static_summary`, for every run.
+
+    The SDK (1.35) cannot carry `static_summary` across continue-as-new (neither
+    `workflow.continue_as_new` nor its command has user metadata), so runs after
+    generation 0 show "No summary"; the details, set by every run, carry it instead.
+    """
+    return f"agent session: {state.name} · generation {generation}"
+
+
 def set_details(
     generation: int, turn: int, lifecycle: LifecycleState, ledger: TokenLedger, state: ProjectState
 ) -> None:
-    workflow.set_current_details(
+    status = (
         f"gen {generation} · turn {turn} · {lifecycle.value} · "
         f"context {100 * ledger.usage_fraction:.0f}% · "
         f"tasks {state.completed_count}/{len(state.tasks)} · "
         f"blockers {len(state.open_blockers())}"
     )
+    if workflow.patched(RUN_SUMMARY_PATCH):
+        status = summary_line(state, generation) + "\n" + status
+    workflow.set_current_details(status)
 
 
 def upsert(
@@ -40,15 +58,23 @@ def upsert(
     needs_human: bool | None = None,
     end_reason: TerminationReason | None = None,
 ) -> None:
-    """Memo (handoff summary, end reason) and the Agent* search attributes (if enabled).
+    """Memo (handoff summary, its payload's tokens and level, probe misses, end reason)
+    and the Agent* search attributes (if enabled).
 
     Args:
         needs_human: also set `NeedsHuman` (None: leave it out, as older runs did).
         end_reason: the session is closing for this reason (memo `end_reason`).
     """
-    memo: dict[str, str] = {}
+    memo: dict[str, str | int] = {}
     if payload is not None:
         memo["handoff_summary"] = payload.summary()
+        if workflow.patched(RUN_SUMMARY_PATCH):
+            memo["handoff_tokens"] = payload.prompt_tokens
+            memo["handoff_level"] = payload.level.value
+        # Critical items the prompt lacks even at the top level (ids only), visible
+        # before the successor starts. Sessions recorded before replay without it.
+        if payload.probe_misses and workflow.patched("probe-misses-memo-1"):
+            memo["handoff_probe_misses"] = "; ".join(payload.probe_misses)
     if end_reason is not None:
         memo["end_reason"] = end_reason.value
     if memo:

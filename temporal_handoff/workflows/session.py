@@ -30,6 +30,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from temporal_handoff.human_text import is_quoted, quote
     from temporal_handoff.schemas.config import MAX_TOKENS_RETRIES, TURN_RESERVE_TOKENS
     from temporal_handoff.schemas.events import HandoffInput, RecallRequest, SealRequest
     from temporal_handoff.schemas.handoff import HandoffContext, HandoffPayload, RunRef
@@ -131,6 +132,9 @@ class AgentSessionWorkflow:
         self._longest_pause = 0.0
         self._closing: tuple[TerminationReason, str, bool] | None = None
         """Set once the session is finishing (a cancel then finishes the same way)."""
+        # Human text reaches the model quoted and escaped, so it cannot forge control
+        # lines; sessions recorded before replay it bare.
+        self._book.quote_human = workflow.patched("quote-human-text-1")
         # Commands carried from the predecessor's handoff are applied first (totally:
         # one that no longer applies is dropped with a log line, never raised).
         for cmd in inp.inbox:
@@ -593,7 +597,12 @@ class AgentSessionWorkflow:
         book = self._book
         if not book.pending_say:
             return
-        text = "\n".join(f"[human] {t}" for t in book.pending_say)
+        if book.quote_human:
+            # Text that is not a block yet (an operator's note, or human text carried
+            # from a predecessor that did not quote) is quoted here.
+            text = "\n".join(t if is_quoted(t) else quote(t) for t in book.pending_say)
+        else:
+            text = "\n".join(f"[human] {t}" for t in book.pending_say)
         book.pending_say = []
         last = self._messages[-1]
         if last["role"] == "user":

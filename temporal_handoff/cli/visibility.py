@@ -1,20 +1,17 @@
-"""`handoff` commands that read sessions back: list, watch, stats, export, replay, plot, setup.
+"""Sessions from visibility and live: `handoff list`, `handoff stats`, `handoff watch`.
 
-Registered on the `app` of :mod:`temporal_handoff.cli` (imported at the end of that
-module). Same conventions: one-line errors, exit code 1 for a rejected or failed
-check (nondeterminism), 2 for usage/connection errors and unknown workflows.
+Same conventions as every command: one-line errors, exit code 2 for usage/connection
+errors and unknown workflows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
@@ -24,37 +21,26 @@ from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
-    WorkflowHistory,
     WorkflowQueryFailedError,
 )
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
-from temporal_handoff.cli import (
+from temporal_handoff.cli.common import (
     ADDRESS,
     NAMESPACE,
     CliError,
     app,
     connect,
     console,
-    fail,
+    describe,
+    out_console,
     run,
-    unknown_workflow,
 )
-from temporal_handoff.plotting import draw_usage, usage_series
 from temporal_handoff.schemas import visibility as sa
 from temporal_handoff.schemas.lifecycle import LifecycleState
 from temporal_handoff.schemas.session import SessionResult, SessionStatus
-from temporal_handoff.workers.search_attributes import (
-    SearchAttributesMissing,
-    ensure_search_attributes,
-)
 
 SESSION_TYPE = "AgentSessionWorkflow"
-
-
-async def _describe(client: Client, workflow_id: str) -> WorkflowExecutionDescription:
-    with unknown_workflow(workflow_id):
-        return await client.get_workflow_handle(workflow_id).describe()
 
 
 def _quote(flag: str, value: str) -> str:
@@ -130,11 +116,6 @@ async def _memo_text(wf: Any, key: str) -> str:
         return "(unreadable)"
 
 
-def _out() -> Console:
-    """The CLI console on a terminal; a wide one when piped (no truncated columns)."""
-    return console if console.is_terminal else Console(width=200, highlight=False)
-
-
 def _fmt(value: Any, spec: str = "") -> str:
     return "" if value is None else format(value, spec)
 
@@ -182,7 +163,7 @@ def list_sessions(
                 _fmt(r["total_tokens"], ","), "$" + _fmt(r["cost_usd"], ".4f") if r["cost_usd"] is not None else "",
                 r["project"] or "", r["user"] or "",
             )
-        _out().print(table)
+        out_console().print(table)
 
     run(go)
 
@@ -362,7 +343,7 @@ async def watch_snapshots(
     """Yield snapshots of a session, following it across continue-as-new, until it closes."""
     handle = client.get_workflow_handle(workflow_id)  # no run id: always the latest run
     while True:
-        desc = await _describe(client, workflow_id)
+        desc = await describe(client, workflow_id)
         if desc.status != WorkflowExecutionStatus.RUNNING:
             yield await _final_snapshot(client, desc)
             return
@@ -410,191 +391,3 @@ def watch(
                 last = text
 
     run(go)
-
-
-# ---------------------------------------------------------------- export
-@app.command()
-def export(
-    workflow_id: str,
-    out_dir: Path = typer.Option(..., "--dir", help="output directory (created)"),
-    address: str | None = ADDRESS,
-    namespace: str | None = NAMESPACE,
-) -> None:
-    """Write state.json and session-summaries/<generation>.md (stable, diff-friendly)."""
-    from temporal_handoff.export import export_session
-
-    async def go() -> None:
-        client = await connect(address, namespace)
-        await _describe(client, workflow_id)
-        try:
-            paths = await export_session(client, workflow_id, out_dir)
-        except OSError as err:
-            raise CliError(f"cannot write to {out_dir}: {err}") from None
-        for p in paths:
-            print(p)
-
-    run(go)
-
-
-# ---------------------------------------------------------------- replay
-async def session_histories(client: Client, workflow_id: str) -> list[tuple[str, WorkflowHistory]]:
-    """Every run of a session and each run's handoff child, labelled, oldest first."""
-    from temporal_handoff.chain import session_chain
-
-    out: list[tuple[str, WorkflowHistory]] = []
-    for row in await session_chain(client, workflow_id):
-        handle = client.get_workflow_handle(workflow_id, run_id=row.run_id)
-        out.append((f"{workflow_id} gen {row.generation}", await handle.fetch_history()))
-        if row.handoff_child:
-            try:
-                child = await client.get_workflow_handle(row.handoff_child).fetch_history()
-            except RPCError as err:
-                if err.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                continue  # past retention
-            out.append((f"{row.handoff_child} (handoff child)", child))
-    return out
-
-
-async def replay_histories(histories: list[tuple[str, WorkflowHistory]]) -> dict[str, str]:
-    """Replay with the current workflow code; label → first line of each failure."""
-    from temporalio.worker import Replayer
-
-    from temporal_handoff.runtime_scope import command_runtime
-    from temporal_handoff.workers.plugin import HandoffPlugin
-    from temporal_handoff.workers.worker import codec_from_env, storage_from_env
-
-    # The plugin contributes AgentSessionWorkflow and HandoffWorkflow, the pydantic
-    # converter and the sandbox passthrough, exactly as on a worker, and the same
-    # content store and codec as every other command (a store-backed history does
-    # not replay without them). (Listing the workflows here as well would register
-    # each twice.)
-    replayer = Replayer(
-        workflows=[], plugins=[HandoffPlugin(storage=storage_from_env(), codec=codec_from_env())],
-        runtime=command_runtime(),
-    )
-
-    async def each() -> Any:
-        for _, history in histories:
-            yield history
-
-    failures: dict[str, str] = {}
-    labels = iter(label for label, _ in histories)
-    async with replayer.workflow_replay_iterator(each()) as results:
-        # One result per history, in order.
-        async for result in results:
-            label = next(labels)
-            err = result.replay_failure
-            if err is not None:
-                failures[label] = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return failures
-
-
-@app.command()
-def replay(
-    workflow_id: str | None = typer.Argument(None),
-    history_file: list[Path] = typer.Option(
-        [], "--history-file", help="also replay a JSON history (temporal workflow show -o json)"
-    ),
-    address: str | None = ADDRESS,
-    namespace: str | None = NAMESPACE,
-) -> None:
-    """Replay every run of a session (and its handoff children) with the current code.
-
-    Exit code 1 if any history does not replay (nondeterminism).
-    """
-    if workflow_id is None and not history_file:
-        fail("give a WORKFLOW_ID or --history-file")
-
-    async def go() -> int:
-        histories: list[tuple[str, WorkflowHistory]] = []
-        for path in history_file:
-            try:
-                histories.append((str(path), WorkflowHistory.from_json(path.stem, path.read_text())))
-            except (OSError, ValueError, KeyError) as err:
-                raise CliError(f"cannot read history {path}: {err}") from None
-        if workflow_id is not None:
-            client = await connect(address, namespace)
-            await _describe(client, workflow_id)
-            histories += await session_histories(client, workflow_id)
-        from temporal_handoff.read_errors import history_needs_store, no_store_message
-        from temporal_handoff.workers.worker import storage_from_env
-
-        if storage_from_env() is None and history_needs_store(h for _, h in histories):
-            raise CliError(no_store_message())
-        failures = await replay_histories(histories)
-        out = _out()
-        for label, history in histories:
-            n = len(history.events)
-            if label in failures:
-                out.print(f"[red]FAIL[/] {label} ({n} events): {failures[label]}", highlight=False)
-            else:
-                out.print(f"[green]ok[/]   {label} ({n} events)", highlight=False)
-        out.print(
-            f"{len(histories) - len(failures)}/{len(histories)} histories replayed"
-            + (" — nondeterminism detected" if failures else ""),
-            highlight=False,
-        )
-        return 1 if failures else 0
-
-    code = run(go)
-    if code:
-        raise typer.Exit(code)
-
-
-# ---------------------------------------------------------------- plot
-@app.command()
-def plot(
-    workflow_id: str,
-    output: Path = typer.Option(Path("usage.png"), "-o", "--output", help="PNG to write"),
-    title: str = typer.Option("", help="chart title (default: the workflow id)"),
-    address: str | None = ADDRESS,
-    namespace: str | None = NAMESPACE,
-) -> None:
-    """Context usage per turn across generations (handoffs and thresholds drawn)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        fail("plot needs matplotlib: pip install 'temporal-handoff[plot]'")
-
-    async def go() -> None:
-        client = await connect(address, namespace)
-        await _describe(client, workflow_id)
-        runs = await usage_series(client, workflow_id)
-        try:
-            draw_usage(runs, output, title=title or f"Context usage of {workflow_id}")
-        except OSError as err:
-            raise CliError(f"cannot write {output}: {err}") from None
-        turns = sum(len(r.turns) for r in runs)
-        peak = max((f for r in runs for f in r.fractions()), default=0.0)
-        print(
-            f"wrote {output}: {len(runs)} generation(s), {turns} turns, "
-            f"{len(runs) - 1} handoff(s), peak {100 * peak:.1f}% of the window"
-        )
-
-    run(go)
-
-
-# ---------------------------------------------------------------- setup
-@app.command()
-def setup(address: str | None = ADDRESS, namespace: str | None = NAMESPACE) -> None:
-    """Register the search attributes on a cluster (operator service; idempotent)."""
-
-    async def go() -> None:
-        client = await connect(address, namespace)
-        try:
-            report = await ensure_search_attributes(client)
-        except SearchAttributesMissing as err:
-            raise CliError(str(err), 1) from None
-        types = {key.name: sa.cli_type(key) for key in sa.ALL_KEYS}
-        for name in report.present:
-            console.print(f"{name} ({types[name]}): already registered")
-        for name in report.registered:
-            console.print(f"{name} ({types[name]}): registered")
-        console.print(f"search attributes ready in namespace {client.namespace}", highlight=False)
-
-    run(go)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

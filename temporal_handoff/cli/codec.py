@@ -1,7 +1,6 @@
 """`handoff codec-server` (and `handoff codec-key`): payload encryption for the Temporal UI.
 
-Registered on the `app` of :mod:`temporal_handoff.cli` (imported at the end of that
-module). Keys come only from ``HANDOFF_CODEC_KEYS`` (never a command-line argument,
+Registered on the `app` of :mod:`temporal_handoff.cli.common`. Keys come only from ``HANDOFF_CODEC_KEYS`` (never a command-line argument,
 which other users could read in the process list).
 """
 
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from temporal_handoff.cli import CliError, app, console, fail, run
+from temporal_handoff.cli.common import CliError, app, console, fail, run
 from temporal_handoff.codec import KEYS_ENV, CodecKeyError, codec_from_env, generate_key, parse_keys
 from temporal_handoff.codec_server import TOKEN_ENV, serve_codec
 
