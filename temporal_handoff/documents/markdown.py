@@ -62,6 +62,7 @@ def to_markdown(doc: HandoffDocument) -> str:
             [resolved_line(b, 10_000) for b in doc.resolved_blockers],
         )
     section("Human decisions", [decision_line(d, 10_000) for d in doc.human_decisions])
+    section("In progress", [f"- {clean(x)}" for x in doc.in_progress])
     section("Failed tasks", [failed_line(f, 10_000) for f in doc.failed_tasks])
     section("Since last handoff", delta_lines(doc.since_last_handoff, 10_000))
     section("Agent decisions", [decision_line(d, 10_000) for d in doc.decisions], "decisions")

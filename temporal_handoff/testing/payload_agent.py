@@ -19,7 +19,9 @@ What it infers, and from where:
 * **Failures.** ```T`: approach '<a>' failed`` in `fail_task` errors, failed-task lines
   and ``recall`` results; a retry takes the next approach no error names.
 * **Work in progress.** ``finish `T`: step 2`` (its todo) or ``scaffold of `T``` (its
-  file note): step 1 is done, do step 2 only.
+  file note): step 1 is done, do step 2 only. A handoff that says ``In progress:`` is
+  trusted to list all of it; one that does not, while it leaves todos or files to
+  `recall`, makes the agent look before it starts a two-step task over.
 
 When something it needs is not in the prompt but the handoff points at `recall`, it
 calls `recall` (once per section and generation), as a model should. With
@@ -365,8 +367,9 @@ class PayloadAgent:
                         {"task_id": tid, "summary": f"{tid} step 2 of 2 done. " + self._fill(tid)},
                     )
                 ]
-            # The handoff lists todos or files it does not show: look before starting over.
-            if re.search(r'section"?:? "(todos|files)"', v.text):
+            # The handoff lists todos or files it does not show, and does not say what
+            # was in progress: look before starting over.
+            if "In progress:" not in v.text and re.search(r'section"?:? "(todos|files)"', v.text):
                 recall = self._recall(v, "todos", [f"`{tid}`"])
                 if recall is not None:
                     return [("recall", recall)]
