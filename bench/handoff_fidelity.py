@@ -5,8 +5,9 @@ client, the strict loopback fake) with ``progress_hints=False`` and the `Payload
 as the model: it reads only the request, so what a generation knows about the work
 before it (done tasks, decisions and their rejected options, human decisions, failed
 approaches, half-finished steps) comes from the continuation prompt and `recall`
-alone. The project is `synthetic_project(N)` with the kinds of `fidelity_plan` (seeded),
-and the context window is sized so a handoff comes every few turns.
+alone. The project is `synthetic_project(N)` with the kinds of `fidelity_plan` (seeded);
+a handoff is forced every 4 turns (`max_turns_per_generation`, or earlier when the
+context fills).
 
 Per project size and compression level, and for the blanked control (the agent reads
 "(nothing)" instead of the continuation prompt; one per size, given as many generations
@@ -58,15 +59,20 @@ from temporal_handoff.testing.fidelity_run import FidelityRun, run_fidelity
 from temporal_handoff.workers.plugin import HandoffPlugin
 from tests.conftest import running_worker
 
-TURN_ROOM = 1_500
-"""Tokens of conversation a generation gets beyond its fixed prompt (≈ 3 turns)."""
+TURNS_PER_GENERATION = 4
+"""A handoff is forced after this many turns (`max_turns_per_generation`)."""
+TURN_ROOM = 2_000
+"""Tokens of conversation a generation has room for beyond its fixed prompt."""
 MAX_TOKENS = 512
 
 
-def window_for(system_prompt: str, level: CompressionLevel) -> int:
-    """A context window that leaves `TURN_ROOM` tokens past the fixed prompt at the
-    handoff threshold: a handoff every few turns whatever the plan's size."""
-    cfg = SessionConfig(system_prompt=system_prompt, compression_level=level)
+def window_for(system_prompt: str) -> int:
+    """A context window with `TURN_ROOM` tokens past the fixed prompt at the handoff
+    threshold, sized for the *full* level's budget whatever the level: a payload the
+    probe check escalated must still leave its successor room to work (sized for the
+    level alone, one escalation made every later generation hand off before its first
+    call). Handoffs then come from `TURNS_PER_GENERATION`, or earlier from tokens."""
+    cfg = SessionConfig(system_prompt=system_prompt, compression_level=CompressionLevel.FULL)
     return int((cfg.fixed_prompt_tokens() + TURN_ROOM + MAX_TOKENS) / cfg.handoff_threshold)
 
 
@@ -75,7 +81,7 @@ async def one(
 ) -> FidelityRun:
     project = synthetic_project(size, 6, seed=seed)
     plan = fidelity_plan(project, seed=seed)
-    window = window_for(plan.system_prompt(), level)
+    window = window_for(plan.system_prompt())
     agent = PayloadAgent(seed=seed, blank_handoff=blank)
     with FakeAnthropicServer(brain=agent, context_windows={MODEL: window}) as fake:
         task_queue = f"fidelity-{uuid.uuid4().hex[:12]}"
@@ -90,6 +96,7 @@ async def one(
                 context_window=window,
                 max_generations=max_gen,
                 max_tokens=MAX_TOKENS,
+                max_turns_per_generation=TURNS_PER_GENERATION,
                 prefix=f"fidelity-{size}-{level.value}" + ("-blank" if blank else ""),
             )
 

@@ -116,6 +116,7 @@ async def run_fidelity(
     context_window: int = 8_000,
     max_generations: int = 40,
     max_tokens: int = 1_024,
+    max_turns_per_generation: int = 500,
     prefix: str = "fidelity",
 ) -> FidelityRun:
     """Run a session of `project` to its end and grade it.
@@ -131,6 +132,7 @@ async def run_fidelity(
         context_window: A small window forces a handoff every few turns.
         max_generations: Loop guard (the blanked control may never finish).
         max_tokens: Per call.
+        max_turns_per_generation: Hand off after this many turns even with room left.
         prefix: Workflow id prefix.
     """
     config = SessionConfig(
@@ -140,6 +142,7 @@ async def run_fidelity(
         context_window=context_window,
         max_generations=max_generations,
         max_tokens=max_tokens,
+        max_turns_per_generation=max_turns_per_generation,
     )
     started = time.monotonic()
     handle: WorkflowHandle[Any, SessionResult] = await client.start_workflow(
