@@ -54,7 +54,7 @@ from temporalio.client import Client
 
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel, SessionConfig
 from temporal_handoff.schemas.project import synthetic_project
-from temporal_handoff.testing import FakeAnthropicServer, PayloadAgent, fidelity_plan
+from temporal_handoff.testing import FakeAnthropicServer, PayloadAgent, count_tokens, fidelity_plan
 from temporal_handoff.testing.fidelity_run import FidelityRun, run_fidelity
 from temporal_handoff.workers.plugin import HandoffPlugin
 from tests.conftest import running_worker
@@ -71,9 +71,14 @@ def window_for(system_prompt: str) -> int:
     threshold, sized for the *full* level's budget whatever the level: a payload the
     probe check escalated must still leave its successor room to work (sized for the
     level alone, one escalation made every later generation hand off before its first
-    call). Handoffs then come from `TURNS_PER_GENERATION`, or earlier from tokens."""
+    call). The system prompt is counted as the fake server counts it: the plan's ids
+    cost about twice the 4-characters-a-token estimate of `fixed_prompt_tokens`, and a
+    window sized on that estimate left no room for a single call at 500 tasks.
+    Handoffs then come from `TURNS_PER_GENERATION`, or earlier from tokens."""
     cfg = SessionConfig(system_prompt=system_prompt, compression_level=CompressionLevel.FULL)
-    return int((cfg.fixed_prompt_tokens() + TURN_ROOM + MAX_TOKENS) / cfg.handoff_threshold)
+    estimated = len(system_prompt) // 4
+    fixed = cfg.fixed_prompt_tokens() - estimated + count_tokens(system_prompt)
+    return int((fixed + TURN_ROOM + MAX_TOKENS) / cfg.handoff_threshold)
 
 
 async def one(
