@@ -36,6 +36,7 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("handoff_size", []),
     ("soak", []),
     ("cost", []),
+    ("handoff_fidelity", []),
 ]
 
 
@@ -157,6 +158,25 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[list[str]]:
         add("prompt cache: input-token USD, cached / uncached", "≤ 0.30", f"{ratio:.3f}",
             ratio <= 0.30,
             f"${cached.get('input_usd', 0):.4f} vs ${uncached.get('input_usd', 0):.4f}")
+    fi = r.get("handoff_fidelity", {})
+    if fi:
+        for size, per in fi.get("sizes", {}).items():
+            honest = {lv: x for lv, x in per.items() if lv != "control_blank"}
+            bad = [lv for lv, x in honest.items()
+                   if x["tasks_repeated"] or x["tasks_skipped"] or x["probe_misses"]
+                   or x["decisions_honoured"] != x["decisions_made"]
+                   or x["failed_retries_changed_approach"] != x["failed_retries"]]
+            gens = min((x["generations"] for x in honest.values()), default=0)
+            add(f"handoff fidelity, {size} tasks, payload only ({', '.join(honest)})",
+                "0 repeated/skipped, all decisions kept, ≥ 20 generations",
+                "ok" if not bad else "misses at " + ", ".join(bad),
+                not bad and gens >= 20, f"≥ {gens} generations per level")
+            c = per.get("control_blank", {})
+            if c:
+                add(f"handoff fidelity control (prompt blanked), {size} tasks", "clearly worse",
+                    f"{c['tasks_repeated']} repeated, {c['tasks_skipped']} skipped, "
+                    f"{c['decisions_honoured']}/{c['decisions_made']} decisions",
+                    bool(c["tasks_repeated"] or c["tasks_skipped"]), c.get("reason", ""))
     k = r.get("tokens", {})
     if k:
         add("token estimate throughput", "reported", f"{k.get('mb_per_s')} MB/s", None)

@@ -89,6 +89,8 @@ def test_context_window_table() -> None:
         ({"model": "claude-sonnet-4-5", "max_tokens": 64_001}, "max_tokens"),
         ({"successor_model": "claude-haiku-4-5-20251001", "max_tokens": 100_000}, "max_tokens"),
         ({"level_budgets": {"minimal": 10, "standard": 1200, "full": 2000}}, "level_budgets"),
+        # Strict: "yes" or 1 is a typo, not a switch.
+        ({"progress_hints": "yes"}, "progress_hints"),
         ({"colour": "blue"}, "colour"),
     ],
 )
@@ -111,5 +113,6 @@ def test_config_decoded_from_a_payload_ignores_unknown_fields() -> None:
 def test_good_config_defaults() -> None:
     cfg = SessionConfig(successor_model="claude-haiku-4-5")
     assert (cfg.warn_threshold, cfg.handoff_threshold, cfg.max_generations) == (0.75, 0.9, 20)
+    assert cfg.progress_hints is True
     assert cfg.model_for(0) == "claude-sonnet-4-6"
     assert cfg.model_for(3) == "claude-haiku-4-5"

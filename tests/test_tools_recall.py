@@ -137,3 +137,23 @@ def test_importers() -> None:
     state2 = from_state_json(json.loads(json.dumps(sj)))
     assert state2.milestones == ["mvp"] and state2.human_decision_pending()
     assert state2.decisions[0].title == "use sqlite"
+
+
+def test_recall_ids_select_errors_files_and_todos() -> None:
+    """A successor narrows `recall` to what it needs: one task's errors, one todo."""
+    from temporal_handoff.activities.recall_activity import section_text
+    from temporal_handoff.schemas.project import StateEvent, apply_event, synthetic_project
+
+    state = synthetic_project(6, 2)
+    a, b = list(state.tasks)[:2]
+    for task, error in ((a, "approach 'x' failed"), (b, "approach 'y' failed")):
+        apply_event(state, StateEvent(op="fail_task", args={"task_id": task, "error": error}))
+    for text in (f"finish `{a}`: step 2", f"finish `{b}`: step 2"):
+        apply_event(state, StateEvent(op="add_todo", args={"text": text}))
+    apply_event(state, StateEvent(op="note_file", args={"path": "src/a.py", "note": "n"}))
+    errors = json.loads(section_text(state, "errors", [a], 8_000))
+    assert [e["message"] for e in errors] == ["approach 'x' failed"]
+    assert json.loads(section_text(state, "todos", [f"`{b}`"], 8_000)) == [f"finish `{b}`: step 2"]
+    assert [f["path"] for f in json.loads(section_text(state, "files", ["src/a.py"], 8_000))] == [
+        "src/a.py"
+    ]

@@ -25,7 +25,9 @@ SECTIONS = (
 
 
 def section_text(state: ProjectState, section: str, ids: list[str], max_chars: int) -> str:
-    """JSON text of one section of a project state, optionally filtered by ids."""
+    """JSON text of one section of a project state, optionally filtered by ids (a
+    record's id, task id, blocker id or path; for texts such as todos, an id they
+    mention), so a successor can fetch one item without flooding its context."""
     if section not in SECTIONS:
         raise ValueError(f"unknown section {section!r}; choose one of {', '.join(SECTIONS)}")
     data = state.model_dump(mode="json")[section]
@@ -34,11 +36,25 @@ def section_text(state: ProjectState, section: str, ids: list[str], max_chars: i
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k in wanted}
         elif isinstance(data, list):
-            data = [x for x in data if isinstance(x, dict) and x.get("id") in wanted]
+            data = [x for x in data if _matches(x, wanted)]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     if len(text) > max_chars:
         text = text[:max_chars] + f"… ({len(text) - max_chars} more chars; narrow with ids)"
     return text
+
+
+_ID_KEYS = ("id", "task_id", "blocker_id", "path")
+"""Keys by which a list item is selected: errors by task, files by path."""
+
+
+def _matches(item: object, wanted: set[str]) -> bool:
+    """Whether a list item is one of `wanted`: a record by one of its id keys, a text
+    (a todo, a human message) when it mentions one of them."""
+    if isinstance(item, dict):
+        return any(item.get(k) in wanted for k in _ID_KEYS)
+    if isinstance(item, str):
+        return any(w in item for w in wanted)
+    return False
 
 
 async def load_generation_input(session_id: str, run_id: str) -> SessionInput:

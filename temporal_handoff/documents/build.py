@@ -6,6 +6,7 @@ benchmarks call it directly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -144,6 +145,30 @@ def summarize_events(
     return d
 
 
+_IN_PROGRESS_CAP = 20
+"""In-progress todos kept (newest first); more is a project the agent has scattered."""
+_TICKED_RE = re.compile(r"`([^`\n]+)`")
+
+
+def _todos(state: ProjectState) -> tuple[list[str], list[str]]:
+    """(in progress, open) todos, newest first, without repeats.
+
+    A todo that names (backticked) a task still to do is work in progress: the
+    successor must finish it, not start the task over. One that names only done
+    tasks is finished (there is no op to close a todo): it stays in the state and
+    `recall`, out of the prompt. The rest are open todos.
+    """
+    in_progress: list[str] = []
+    open_todos: list[str] = []
+    for text in dict.fromkeys(reversed(state.todos)):
+        named = [t for t in _TICKED_RE.findall(text) if t in state.tasks]
+        if not named:
+            open_todos.append(text)
+        elif any(state.tasks[t].status not in DONE_STATUSES for t in named):
+            in_progress.append(text)
+    return in_progress, open_todos
+
+
 def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
     """Build the handoff document for `ctx.generation` from the project state (pure).
 
@@ -176,6 +201,7 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
         if e.task_id:
             errors_by_task.setdefault(e.task_id, []).append(e.message)
 
+    in_progress, open_todos = _todos(state)
     failed = [
         FailedTaskItem(
             id=t.id,
@@ -271,7 +297,8 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
         files=[
             FileItem(path=f.path, note=_cap(f.note, 500)) for f in reversed(state.files[-_DOC_CAP:])
         ],
-        todos=[_cap(x, 500) for x in reversed(state.todos[-_DOC_CAP:])],
+        todos=[_cap(x, 500) for x in open_todos[:_DOC_CAP]],
+        in_progress=[_cap(x, 500) for x in in_progress[:_IN_PROGRESS_CAP]],
         next_eligible=eligible,
         failed_tasks=failed,
         errors=[
@@ -302,7 +329,8 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
             "rejected_alternatives": len(state.rejected_alternatives),
             "open_blockers": len(state.open_blockers()),
             "files": len(state.files),
-            "todos": len(state.todos),
+            "todos": len(open_todos),
+            "in_progress": len(in_progress),
             "next_eligible": len(eligible),
             "failed_tasks": len(failed),
             "errors": len(state.errors),

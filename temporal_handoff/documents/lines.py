@@ -106,6 +106,22 @@ def progress_line(p: Progress) -> str:
     return f"{phase}. Overall {p.done}/{p.total} tasks done ({pct}%){tail}."
 
 
+_TICKED_RE = re.compile(r"`([^`\n]+)`")
+
+
+def ticked(text: str) -> list[str]:
+    """The backticked ids in `text`, in order."""
+    return _TICKED_RE.findall(text)
+
+
+def in_progress_line(todos: list[str]) -> str:
+    """Always written, so a successor knows when nothing was left half-done."""
+    if not todos:
+        return "In progress: none."
+    ids = list(dict.fromkeys(t for x in todos for t in ticked(x)))
+    return "In progress: " + (", ".join(f"`{t}`" for t in ids) or f"{len(todos)} todo(s)") + "."
+
+
 # Line formatters. `n` is the character allowance for free text; 0 means ids only
 # (the last resort before anything critical would be left out).
 

@@ -62,6 +62,7 @@ def to_markdown(doc: HandoffDocument) -> str:
             [resolved_line(b, 10_000) for b in doc.resolved_blockers],
         )
     section("Human decisions", [decision_line(d, 10_000) for d in doc.human_decisions])
+    section("In progress", [f"- {clean(x)}" for x in doc.in_progress])
     section("Failed tasks", [failed_line(f, 10_000) for f in doc.failed_tasks])
     section("Open questions", [f"- `{q.id}`: {clean(q.text)}" for q in doc.open_questions])
     section("Notes", [f"- {clean(x)}" for x in doc.notes], "notes")

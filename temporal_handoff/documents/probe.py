@@ -9,6 +9,7 @@ successor will read still holds what must never be lost:
 * the current phase,
 * every next eligible task (in-progress work is among them: a task being worked on
   is not done and its dependencies are),
+* every todo about a task still to do (what the predecessor was in the middle of),
 
 A text "is there" when its first :data:`PROBE_TEXT_CHARS` characters are, as the
 renderer writes them (:func:`documents.lines.clean`, escaped if a person wrote them):
@@ -89,6 +90,12 @@ def derive_probes(doc: HandoffDocument) -> list[Probe]:
         for d in doc.human_decisions
     ]
     out += [_probe("failed task", f.id, error=f.error) for f in doc.failed_tasks]
+    # Work in progress: the todo naming a task still to do, by its first task id.
+    out += [
+        _probe("in progress", ids[0], text=todo)
+        for todo in doc.in_progress
+        if (ids := _TICKED_RE.findall(todo))
+    ]
     out += [_probe("next eligible", t.id) for t in doc.next_eligible]
     return out
 

@@ -33,12 +33,14 @@ from temporal_handoff.documents.lines import (
     error_line,
     failed_line,
     file_line,
+    in_progress_line,
     lookup_lines,
     next_eligible_line,
     progress_line,
     quoted_clip,
     resolved_line,
     task_line,
+    ticked,
 )
 from temporal_handoff.human_text import escape
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
@@ -323,7 +325,7 @@ def _sections(
         add("goal", None, items=goal, total=len(goal), cap=len(goal), recall="tasks")
         secs[-1].priority = 5
 
-    prog = [progress_line(doc.progress)]
+    prog = [progress_line(doc.progress), in_progress_line(doc.in_progress)]
     if doc.progress.milestones and not terse and li > 0:
         prog.append("Milestones: " + "; ".join(clip(m, 60) for m in doc.progress.milestones[-3:]))
     add("progress", None if terse else "## Progress", critical=True, fixed=prog)
@@ -361,6 +363,15 @@ def _sections(
             [d.id for d in doc.human_decisions],
             [decision_line(d, cn) for d in doc.human_decisions],
             "decisions",
+        )
+    if doc.in_progress:
+        crit(
+            "in_progress",
+            f"## In progress ({len(doc.in_progress)}) — finish these, do not start over",
+            "In progress",
+            list(dict.fromkeys(t for x in doc.in_progress for t in ticked(x))),
+            [f"- {clip(x, max(cn, 120) if cn else 0, 'todos')}" for x in doc.in_progress],
+            "todos",
         )
     if doc.failed_tasks:
         head = "## Failed tasks" + (

@@ -123,6 +123,11 @@ class SessionConfig(DurableModel):
     payload itself), so this only bounds a child whose session cannot close it."""
     user_tools: list[ToolSpec] = Field(default_factory=list)
     """Tools registered on the plugin (run as activities named `tool:<name>`)."""
+    progress_hints: bool = Field(default=True, strict=True)
+    """Tool results and "continue" nudges carry the workflow's view of progress (counts
+    and the `Next eligible tasks:` line). Off: they carry only what the model itself
+    recorded, so a successor works from its system prompt, the continuation prompt and
+    `recall` alone (how the handoff-fidelity tests and benchmark run)."""
     search_attributes: bool = True
     """Upsert the Agent* search attributes (they must be registered on the namespace)."""
     agent_type: str = Field(default="claude-agent", max_length=64)

@@ -312,6 +312,10 @@ class HandoffDocument(DurableModel):
     """Resolved blockers whose task is still to do: the successor must not re-raise them."""
     files: list[FileItem] = Field(default_factory=list)
     todos: list[str] = Field(default_factory=list)
+    """Open todos, newest first: not about a task in progress, nor only about done tasks."""
+    in_progress: list[str] = Field(default_factory=list)
+    """Todos naming a task still to do, newest first: what the predecessor was in the
+    middle of (critical). Todos naming only done tasks are finished: left to `recall`."""
     next_eligible: list[TaskItem] = Field(default_factory=list)
     failed_tasks: list[FailedTaskItem] = Field(default_factory=list)
     errors: list[ErrorItem] = Field(default_factory=list)

@@ -32,6 +32,13 @@ from temporal_handoff.testing.fake_server import (
     count_tokens,
 )
 from temporal_handoff.testing.fake_tokens import TokenCounter
+from temporal_handoff.testing.fidelity_plan import (
+    FidelityPlan,
+    fidelity_plan,
+    human_choice,
+    score_fidelity,
+)
+from temporal_handoff.testing.payload_agent import PayloadAgent
 from temporal_handoff.testing.reading import READ_FILE, ReadingBrain, read_file
 from temporal_handoff.testing.synthetic import synthetic_project
 
@@ -41,12 +48,14 @@ __all__ = [
     "DEFAULT_ERROR_TYPES",
     "NEXT_ELIGIBLE_RE",
     "READ_FILE",
+    "PayloadAgent",
     "Brain",
     "BrainReply",
     "ConversationBrain",
     "EchoBrain",
     "Exchange",
     "FakeAnthropicServer",
+    "FidelityPlan",
     "Fault",
     "ReadingBrain",
     "RequestRecord",
@@ -54,6 +63,9 @@ __all__ = [
     "TokenCounter",
     "count_tokens",
     "read_file",
+    "fidelity_plan",
+    "human_choice",
+    "score_fidelity",
     "stable_hash",
     "synthetic_project",
 ]

@@ -553,13 +553,10 @@ class AgentSessionWorkflow:
                         f"the model stopped {quiet} times in a row without progress "
                         "(max_quiet_turns)",
                     )
-                self._messages.append(
-                    {
-                        "role": "user",
-                        "content": free_form.nudge_text(self._free)
-                        or "Continue with the plan. " + eligible_line(book.state.next_eligible()),
-                    }
-                )
+                nudge = free_form.nudge_text(self._free) or "Continue with the plan."
+                if not self._free and self._progress_hints():
+                    nudge += " " + eligible_line(book.state.next_eligible())
+                self._messages.append({"role": "user", "content": nudge})
             last = self._messages[-1]
             self._ledger.pending_estimate = (
                 0 if last["role"] == "assistant"
@@ -815,7 +812,7 @@ class AgentSessionWorkflow:
                 StateEvent(op=op, args=dict(tool_input), at=workflow.now(), by="agent")
             )
         except (EventError, ValueError, TypeError) as err:
-            return _lines(f"error: {err}", self._progress_line()), True
+            return f"error: {err}" + self._progress_line(), True
         if text.startswith("recorded decision"):
             health.decisions_recorded += 1
         if text.startswith("completed "):
@@ -824,15 +821,21 @@ class AgentSessionWorkflow:
             health.failures += 1
         if op == "add_blocker":
             health.blockers_opened += 1
-        return _lines(text, self._progress_line()), False
+        return text + self._progress_line(), False
+
+    def _progress_hints(self) -> bool:
+        """Whether tool results and nudges carry the workflow's view of progress.
+        Sessions recorded before the option replay with hints (patch progress-hints-1)."""
+        return self._cfg.progress_hints or not workflow.patched("progress-hints-1")
 
     def _progress_line(self) -> str:
+        """The progress hint appended to a state tool's result (empty with hints off)."""
+        if self._free or not self._progress_hints():
+            return ""  # a free-form session has no task list to report on
         s = self._book.state
-        if self._free:
-            return ""  # no task list to report on
         if s.all_done:
-            return "ALL TASKS COMPLETE."
-        return f"Progress: {s.completed_count}/{len(s.tasks)} done. " + eligible_line(
+            return "\nALL TASKS COMPLETE."
+        return f"\nProgress: {s.completed_count}/{len(s.tasks)} done. " + eligible_line(
             s.next_eligible()
         )
 
@@ -1203,10 +1206,6 @@ class AgentSessionWorkflow:
         """Upsert the lifecycle when a wait changes it (visible to list queries)."""
         if self._upserted != self._lifecycle and workflow.patched("wait-visibility-1"):
             self._upsert_visibility(None)
-
-
-def _lines(*parts: str) -> str:
-    return "\n".join(p for p in parts if p)
 
 
 def _is_cancellation(err: BaseException) -> bool:
