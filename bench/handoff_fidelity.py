@@ -53,9 +53,9 @@ from _common import MODEL, dev_server, emit, fmt_table, machine
 from temporalio.client import Client
 
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel, SessionConfig
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.testing import FakeAnthropicServer, PayloadAgent, count_tokens, fidelity_plan
 from temporal_handoff.testing.fidelity_run import FidelityRun, run_fidelity
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.plugin import HandoffPlugin
 from tests.conftest import running_worker
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from temporalio.client import Client
 
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.testing import FakeAnthropicServer, PayloadAgent, fidelity_plan
 from temporal_handoff.testing.fidelity_run import FidelityRun, run_fidelity
+from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 
 WINDOW = 4_500

@@ -11,7 +11,8 @@ from temporal_handoff.documents.render import render_prompt
 from temporal_handoff.schemas.config import CompressionLevel
 from temporal_handoff.schemas.handoff import HandoffContext
 from temporal_handoff.schemas.lifecycle import TerminationReason
-from temporal_handoff.schemas.project import StateEvent, apply_event, synthetic_project
+from temporal_handoff.schemas.state_events import StateEvent, apply_event
+from temporal_handoff.testing.synthetic import synthetic_project
 
 
 def _doc(todos_on_done: int = 40):  # type: ignore[no-untyped-def]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from temporal_handoff.schemas.project import synthetic_project
 from temporal_handoff.testing import PayloadAgent, fidelity_plan
 from temporal_handoff.testing.payload_agent import HANDOFF_HEADER
+from temporal_handoff.testing.synthetic import synthetic_project
 
 PLAN = fidelity_plan(synthetic_project(12, 2), seed=5)
 

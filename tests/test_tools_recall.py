@@ -142,7 +142,8 @@ def test_importers() -> None:
 def test_recall_ids_select_errors_files_and_todos() -> None:
     """A successor narrows `recall` to what it needs: one task's errors, one todo."""
     from temporal_handoff.activities.recall_activity import section_text
-    from temporal_handoff.schemas.project import StateEvent, apply_event, synthetic_project
+    from temporal_handoff.schemas.state_events import StateEvent, apply_event
+    from temporal_handoff.testing.synthetic import synthetic_project
 
     state = synthetic_project(6, 2)
     a, b = list(state.tasks)[:2]

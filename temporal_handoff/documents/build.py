@@ -182,6 +182,7 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
         most recent items (counts in ``totals``), the rest is recallable.
     """
     led = ctx.ledger
+    exchange = ctx.recent_exchange[-10:] if state.free_form else []
     tasks = list(state.tasks.values())
     order = {tid: i for i, tid in enumerate(state.tasks)}
     counts = state.counts()
@@ -312,14 +313,21 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
         ],
         tool_state={k: _cap(v, 500) for k, v in list(ctx.tool_state.items())[:_DOC_CAP]},
         environment={k: _cap(v, 500) for k, v in list(state.environment.items())[:_DOC_CAP]},
-        recent_human_input=[_cap(x) for x in ctx.recent_human_input[-10:]]
-        or [_cap(x) for x in state.human_messages[-5:]],
+        # This generation's human input, after the latest messages of earlier ones (a
+        # message said two generations ago is not dropped because a blocker was decided
+        # since).
+        recent_human_input=[
+            _cap(x)
+            for x in list(dict.fromkeys([*state.human_messages[-5:], *ctx.recent_human_input]))[-10:]
+        ],
         free_form=state.free_form,
         notes=[_cap(x, 500) for x in reversed(state.notes[-_DOC_CAP:])],
         open_questions=[
             QuestionItem(id=q.id, text=_cap(q.text, 500)) for q in state.open_questions()
         ][-_DOC_CAP:],
-        recent_exchange=[_cap(x, 1_000) for x in ctx.recent_exchange[-10:]],
+        # A task session's progress lives in its state; the exchange (agent chatter and
+        # human lines) would crowd out the recent human input there.
+        recent_exchange=[_cap(x, 1_000) for x in exchange],
         lookup=LookupHints(workflow_id=ctx.session_id, generation=ctx.generation, lineage=lineage),
         since_last_handoff=summarize_events(ctx.events_since_last_handoff, state),
         totals={
@@ -339,7 +347,7 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
             "human_messages": len(state.human_messages),
             "notes": len(state.notes) + state.notes_archived,
             "open_questions": len(state.open_questions()),
-            "recent_exchange": len(ctx.recent_exchange[-10:]),
+            "recent_exchange": len(exchange),
         },
         paused_seconds=ctx.paused_seconds,
     )
