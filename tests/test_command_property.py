@@ -156,7 +156,7 @@ async def test_valid_commands_apply_exactly_once(client: Client, sc: Scenario) -
             driver = CommandDriver(client, handle)
             try:
                 await driver.run(list(sc.actions))
-                await driver.finish(abort=sc.abort, timeout_s=60)
+                await driver.finish(abort=sc.abort, timeout_s=180)
                 check = await check_session(client, handle, driver.first_run_id)
             finally:
                 await driver.terminate_if_running("property test: session stuck or not ended")
