@@ -26,7 +26,7 @@ from temporal_handoff.workers.storage import DEFAULT_THRESHOLD_BYTES, external_s
 from tests.conftest import running_worker
 from tests.helpers import call_model_inputs, is_store_reference, start_session
 
-WINDOW = 3_000
+WINDOW = 4_000
 
 
 @dataclass
@@ -50,7 +50,7 @@ async def stored(client: Client, tmp_path_factory: pytest.TempPathFactory) -> St
         async with running_worker(client, task_queue, fake.base_url, storage=storage):
             handle = await start_session(
                 reader, task_queue, synthetic_project(60, 3), prefix="runs",
-                context_window=WINDOW,
+                context_window=WINDOW, max_tokens=300,
             )
             result = await handle.result()
     assert result.reason == TerminationReason.TASK_COMPLETED, result.message
