@@ -12,26 +12,30 @@ the same thing the cache sees.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import pytest
+from pydantic import ValidationError
 from temporalio.client import Client
 
 from temporal_handoff.activities.cache_breakpoints import (
     system_with_ttl,
     with_conversation_breakpoints,
 )
+from temporal_handoff.schemas.base import validate_human
 from temporal_handoff.schemas.cache_ttl import (
     HumanWaits,
     choose_ttl,
     long_wait_probability,
     still_cached,
 )
+from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.project import ProjectState
-from temporal_handoff.schemas.session import SayArgs, SessionResult
-from temporal_handoff.schemas.tokens import TokenUsage, price_for, usage_cost_usd
+from temporal_handoff.schemas.session import SayArgs, SessionResult, SessionStatus
+from temporal_handoff.schemas.tokens import TokenLedger, TokenUsage, price_for, usage_cost_usd
 from temporal_handoff.testing import EchoBrain, FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.brain import filler
 from temporal_handoff.testing.synthetic import synthetic_project
@@ -109,6 +113,22 @@ def test_waits_and_cache_lifetime() -> None:
     assert still_cached("1h", 3599.0, 300.0) and not still_cached("1h", 3600.0, 300.0)
 
 
+def test_config_and_ledger_contracts() -> None:
+    assert SessionConfig().cache_ttl == "auto"
+    assert SessionConfig().cache_wait_threshold_s == 300.0
+    for bad, field in (
+        ({"cache_ttl": "2h"}, "cache_ttl"),
+        ({"cache_wait_threshold_s": -1}, "cache_wait_threshold_s"),
+    ):
+        with pytest.raises(ValidationError, match=field):
+            validate_human(SessionConfig, bad)
+    # Ledgers written before the policy (or by a newer worker) still decode.
+    old = TokenLedger.model_validate({"calls": 3})
+    assert old.human_waits == HumanWaits() and old.cache_ttl_calls == {}
+    newer = TokenLedger.model_validate({"human_waits": {"waits": 2, "long_waits": 1, "p90_s": 9}})
+    assert newer.human_waits.long_waits == 1
+
+
 # ---------------------------------------------------------------- breakpoints on the wire
 def test_one_hour_breakpoints_come_first() -> None:
     """The API refuses a 1 h breakpoint after a 5 min one: with "1h" the system
@@ -117,22 +137,27 @@ def test_one_hour_breakpoints_come_first() -> None:
     messages: Any = [{"role": "user", "content": "Hello there."}]
     with FakeAnthropicServer(brain=EchoBrain(max_chars=20)) as fake:
         api = anthropic.Anthropic(base_url=fake.base_url, api_key="test", max_retries=0)
-        mixed = with_conversation_breakpoints(messages, system, None, ttl="1h")
+        mixed: Any = with_conversation_breakpoints(messages, system, None, ttl="1h")
         with pytest.raises(anthropic.BadRequestError, match="longer TTLs must come first"):
             api.messages.create(model=MODEL, max_tokens=50, system=system, messages=mixed)
-        hour_system = system_with_ttl(system, "1h")
+        hour_system: Any = system_with_ttl(system, "1h")
         assert system[0]["cache_control"] == {"type": "ephemeral"}  # input untouched
-        sent = with_conversation_breakpoints(messages, hour_system, None, ttl="1h")
+        sent: Any = with_conversation_breakpoints(messages, hour_system, None, ttl="1h")
         msg = api.messages.create(model=MODEL, max_tokens=50, system=hour_system, messages=sent)
     assert msg.usage.cache_creation is not None
-    assert msg.usage.cache_creation.ephemeral_1h_input_tokens == msg.usage.cache_creation_input_tokens
-    assert msg.usage.cache_creation_input_tokens > 2048
+    written = msg.usage.cache_creation_input_tokens or 0
+    assert msg.usage.cache_creation.ephemeral_1h_input_tokens == written > 2048
     # 5 minutes is the API's default: those requests stay as they were.
     assert system_with_ttl(system, "5m") is system
     assert "ttl" not in str(with_conversation_breakpoints(messages, system, None, ttl="5m"))
 
 
 # ---------------------------------------------------------------- whole sessions
+def _replied(calls: int) -> Callable[[SessionStatus], bool]:
+    """The session answered with its `calls`-th model call and waits for the human."""
+    return lambda s: s.awaiting_input and s.health.model_calls == calls
+
+
 async def _chat(
     client: Client, cache_ttl: str, threshold_s: float, waits: int = 4
 ) -> tuple[SessionResult, list[dict[str, int]]]:
@@ -150,16 +175,10 @@ async def _chat(
                 cache_ttl=cache_ttl, cache_wait_threshold_s=threshold_s,
             )
             for i in range(1, waits + 1):
-                await wait_status(
-                    client, handle.id, lambda s, i=i: s.awaiting_input and s.health.model_calls == i,
-                    f"reply {i}",
-                )
+                await wait_status(client, handle.id, _replied(i), f"reply {i}")
                 clock.now += HUMAN_WAIT_S
                 await handle.execute_update("say", SayArgs(text=f"Question number {i}, please?"))
-            await wait_status(
-                client, handle.id,
-                lambda s: s.awaiting_input and s.health.model_calls == waits + 1, "the last reply",
-            )
+            await wait_status(client, handle.id, _replied(waits + 1), "the last reply")
             await handle.signal("abort", "done")
             result: SessionResult = await handle.result()
         usages = [r.usage for r in fake.message_requests() if r.status == 200 and r.usage]

@@ -39,7 +39,9 @@ class CacheTtlPolicy:
     def on() -> bool:
         return workflow.patched(CACHE_TTL_PATCH)
 
-    def choose(self, cfg: SessionConfig, ledger: TokenLedger, fixed_tokens: int) -> TtlChoice | None:
+    def choose(
+        self, cfg: SessionConfig, ledger: TokenLedger, fixed_tokens: int
+    ) -> TtlChoice | None:
         """The next call's TTL (None for sessions recorded before the policy)."""
         if not self.on():
             self.pending = None
