@@ -11,7 +11,9 @@ signals sent the wrong way (a `say` signal, an unknown name, `pause` with input)
 
 records a free-form session instead (a goal and no tasks, patch free-form-1): a
 conversation with a user tool, a human decision, pause/resume, a retried model call,
-two handoffs (`flush` while it waits for the human) and `finish`.
+two handoffs (`flush` while it waits for the human) and `finish`. `free-form-v2` is the
+same session recorded with the prompt-cache TTL policy (patch cache-ttl-auto-1: its
+waits are measured, each call's TTL chosen and shown in the activity summary).
 Re-record only on purpose: a replay failure after a code change means the change is
 not deterministic-compatible with running sessions.
 """

@@ -184,6 +184,7 @@ REQUIRED_FIELDS: dict[str, set[str]] = {
     "activities.handoff_activity.BuildHandoffInput": {"context", "state"},
     "activities.tokenizer.EstimateTokensRequest": set(),
     "activities.tokenizer.EstimateTokensResult": set(),
+    "schemas.cache_ttl.HumanWaits": set(),
     "schemas.config.SessionConfig": set(),
     "schemas.events.HandoffDelta": set(),
     "schemas.events.HandoffInput": {"generation", "session_id", "state"},

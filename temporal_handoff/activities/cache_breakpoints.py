@@ -14,6 +14,12 @@ last message (the message before the latest assistant reply), whose entry the
 previous call wrote: the read never depends on the lookback. At most 4 breakpoints
 per request: conversation breakpoints are added only while slots are free.
 
+TTL: every breakpoint of a request gets the TTL the workflow chose for the call
+(`schemas.cache_ttl`); "1h" also upgrades the system breakpoints, because the API
+refuses a 1-hour breakpoint after a 5-minute one (longer TTLs first: tools, system,
+messages). A read refreshes an entry with its own TTL, so a 1-hour entry written
+before a human wait is still read by the call after it, whatever that call's TTL.
+
 Pure (no I/O): called by the `call_model` activity on a copy of the request's
 messages; the workflow's own messages (and history) are unchanged.
 """
@@ -70,9 +76,7 @@ def _mark(message: dict[str, Any], ttl: str | None) -> dict[str, Any] | None:
         blocks = list(content)
     else:
         return None
-    marker: dict[str, Any] = {"type": "ephemeral"}
-    if ttl is not None:
-        marker["ttl"] = ttl
+    marker = _marker(ttl)
     for i in range(len(blocks) - 1, -1, -1):
         block = blocks[i]
         if not _markable(block):
@@ -82,6 +86,26 @@ def _mark(message: dict[str, Any], ttl: str | None) -> dict[str, Any] | None:
         blocks[i] = {**block, "cache_control": marker}
         return {**message, "content": blocks}
     return None
+
+
+def _marker(ttl: str | None) -> dict[str, Any]:
+    """A breakpoint marker; 5 minutes is the API's default, so it is left implicit."""
+    return {"type": "ephemeral", "ttl": ttl} if ttl not in (None, "5m") else {"type": "ephemeral"}
+
+
+def system_with_ttl(system: list[dict[str, Any]], ttl: str | None) -> list[dict[str, Any]]:
+    """``system`` with every breakpoint set to ``ttl`` (a new list; input untouched).
+
+    Only "1h" changes anything: the system breakpoints then come first with the same
+    TTL as the conversation's, as the API requires."""
+    if ttl != "1h":
+        return system
+    return [
+        {**b, "cache_control": _marker(ttl)}
+        if isinstance(b, dict) and b.get("cache_control") is not None
+        else b
+        for b in system
+    ]
 
 
 def with_conversation_breakpoints(

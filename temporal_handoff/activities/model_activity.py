@@ -19,7 +19,10 @@ import anthropic
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from temporal_handoff.activities.cache_breakpoints import with_conversation_breakpoints
+from temporal_handoff.activities.cache_breakpoints import (
+    system_with_ttl,
+    with_conversation_breakpoints,
+)
 from temporal_handoff.activities.tokenizer import count_tokens, dense_tokens
 from temporal_handoff.schemas.estimator import (
     DENSE_CHARS_PER_TOKEN,
@@ -233,14 +236,16 @@ class ModelActivities:
             "messages": wire_messages(req.messages),
             "metadata": {"user_id": activity.info().workflow_id or "session"},
         }
-        if req.system:
-            kwargs["system"] = req.system
+        # The TTL the workflow chose (`schemas.cache_ttl`) on every breakpoint.
+        system = system_with_ttl(req.system, req.cache_ttl)
+        if system:
+            kwargs["system"] = system
         if req.tools:
             kwargs["tools"] = [t.wire() for t in req.tools]
         if self._conversation_cache:
             # Built here, not in the workflow: history keeps the messages unmarked.
             kwargs["messages"] = with_conversation_breakpoints(
-                req.messages, req.system, kwargs.get("tools")
+                kwargs["messages"], system, kwargs.get("tools"), ttl=req.cache_ttl
             )
         streamed = req.max_tokens > req.stream_threshold
         answer: list[Any] = []  # this attempt's whole answer, once it came

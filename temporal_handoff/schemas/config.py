@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from temporal_handoff.schemas.base import DurableModel
+from temporal_handoff.schemas.cache_ttl import CacheTtlMode
 from temporal_handoff.schemas.estimator import rough_tokens
 from temporal_handoff.schemas.model_io import ToolSpec
 from temporal_handoff.schemas.tokens import max_output_tokens
@@ -128,6 +129,15 @@ class SessionConfig(DurableModel):
     and the `Next eligible tasks:` line). Off: they carry only what the model itself
     recorded, so a successor works from its system prompt, the continuation prompt and
     `recall` alone (how the handoff-fidelity tests and benchmark run)."""
+    cache_ttl: CacheTtlMode = "auto"
+    """Prompt-cache TTL of the session's breakpoints. "5m": always 5 minutes (writes
+    1.25× the input price). "1h": always 1 hour (writes 2×). "auto": 5 minutes, and 1 hour
+    for a call when the session's measured human waits make it cheaper (`cache_ttl`
+    module: a wait over 5 minutes otherwise costs the next call a full re-write)."""
+    cache_wait_threshold_s: float = Field(default=300.0, ge=0, le=3600)
+    """With `cache_ttl="auto"`: a human wait (or a gap between calls) at least this
+    long, in workflow time, counts as outlasting the 5-minute cache. 300 s matches the
+    API; tests that simulate long waits on the fake's cache clock set it lower."""
     search_attributes: bool = True
     """Upsert the Agent* search attributes (they must be registered on the namespace)."""
     agent_type: str = Field(default="claude-agent", max_length=64)

@@ -75,6 +75,9 @@ class ModelRequest(DurableModel):
     and the API's exact count is asked for when the limit is near."""
     stream_threshold: int = 16_000
     """`max_tokens` above which the call streams (SSE) with heartbeats."""
+    cache_ttl: Literal["5m", "1h"] | None = None
+    """TTL of the call's cache breakpoints (the workflow's `cache_ttl` policy); None
+    (sessions recorded before the policy): the API's default, 5 minutes."""
 
 
 class ModelResponse(DurableModel):

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pydantic import ConfigDict, Field
 
 from temporal_handoff.schemas.base import DurableModel
+from temporal_handoff.schemas.cache_ttl import HumanWaits
 from temporal_handoff.schemas.estimator import ModelFit, NewContent, ratio
 from temporal_handoff.schemas.lifecycle import LifecycleState
 
@@ -245,6 +246,12 @@ class TokenLedger(DurableModel):
     uncalibrated_calls: int = 0
     """Calls estimated before the model's fit had learned anything (not in
     `preflight_errors`)."""
+    human_waits: HumanWaits = Field(default_factory=HumanWaits)
+    """The session's human waits, measured in workflow time (the `cache_ttl` policy's
+    evidence)."""
+    cache_ttl_calls: dict[str, int] = Field(default_factory=dict)
+    """Calls per prompt-cache TTL the policy chose ("5m", "1h"); empty for sessions
+    recorded before it."""
 
     # ---- derived ----------------------------------------------------------------
     @property

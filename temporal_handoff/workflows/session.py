@@ -75,6 +75,7 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.workflows import _model_turn as turn_io
     from temporal_handoff.workflows import _visibility as vis
     from temporal_handoff.workflows._book import Phase, SessionBook
+    from temporal_handoff.workflows._cache_ttl import CacheTtlPolicy
     from temporal_handoff.workflows._handoff_link import ChildGone, HandoffLink, build_payload
 
 
@@ -148,6 +149,8 @@ class AgentSessionWorkflow:
         self._notifying: list[workflow.ActivityHandle[None]] = []
         """Notifications running alongside the session; awaited at the next safe point."""
         self._longest_pause = 0.0
+        self._cache = CacheTtlPolicy()
+        """The prompt-cache TTL of each call (1 h when the human waits make it pay)."""
         self._closing: tuple[TerminationReason, str, bool] | None = None
         """Set once the session is finishing (a cancel then finishes the same way)."""
         # Human text reaches the model quoted and escaped, so it cannot forge control
@@ -645,7 +648,9 @@ class AgentSessionWorkflow:
                     )
                     raise _Handoff(TerminationReason.HISTORY_LIMIT)
                 wake_on_history = False
-        self._longest_pause = max(self._longest_pause, (workflow.now() - start).total_seconds())
+        waited = (workflow.now() - start).total_seconds()
+        self._longest_pause = max(self._longest_pause, waited)
+        self._cache.waited(self._cfg, self._ledger, waited)
         self._lifecycle = self._ledger.state_for(
             self._cfg.warn_threshold, self._cfg.handoff_threshold
         )
@@ -710,6 +715,7 @@ class AgentSessionWorkflow:
             max_tokens = min(self._turn_max_tokens or max_tokens, room)
             limit = min(limit, window - max_tokens)
         self._last_max_tokens = max_tokens
+        ttl = self._cache.choose(self._cfg, self._ledger, self._fixed_tokens)
         req = ModelRequest(
             model=self._model,
             system=self._system(self._inp.handoff),
@@ -724,14 +730,18 @@ class AgentSessionWorkflow:
             preflight_limit=limit,
             fit=turn_io.occupancy_fit(self._ledger, self._model),
             stream_threshold=self._cfg.stream_threshold,
+            cache_ttl=ttl.ttl if ttl is not None else None,
         )
         out = await turn_io.call_model(
             req,
             self._cfg,
             self._interrupted,
             summary=f"turn {self._turn} · gen {self._generation} · "
-            f"{100 * self._ledger.usage_fraction:.0f}% context",
+            f"{100 * self._ledger.usage_fraction:.0f}% context"
+            + (f" · {ttl.summary()}" if ttl is not None else ""),
         )
+        if out.response is not None and not out.response.preflight_refused:
+            self._cache.called(self._ledger)
         lost = out.lost()
         # Answers the API gave (and bills) whose result was lost: a separate ledger line.
         if lost.answers and workflow.patched("billed-usage-1"):
