@@ -281,3 +281,58 @@ async def test_ui_reads_handoff_document_and_successor_input_from_store(ui_env: 
             await browser.close()
     for name in ("ui-4-handoff-document", "ui-5-continued-run", "ui-6-successor-input"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
+
+
+async def test_ui_finds_a_waiting_session_with_the_needs_human_query(ui_env: DevLoop) -> None:
+    """An operator's "sessions waiting for a human" query in the UI's list finds a session
+    whose agent raised a human-decision blocker (and not a finished one)."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `make browser-deps`"
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=UI_WAIT_MS)
+    client = ui_env.client
+    tag = uuid.uuid4().hex[:8]
+    wid = f"ui-wait-{tag}"
+    task_queue = f"tq-ui-wait-{tag}"
+    brain = ScriptedAgentBrain(tasks_per_turn=1, blocker_every=2, decision_every=0)
+    ARTIFACTS.mkdir(exist_ok=True)
+    base = f"http://127.0.0.1:{ui_env.ui_port}/namespaces/default/workflows"
+    query = f"NeedsHuman = true AND ExecutionStatus = 'Running' AND AgentProject = 'ui-wait-{tag}'"
+    with FakeAnthropicServer(brain=brain, context_windows={"claude-sonnet-4-6": 20_000}) as fake:
+        async with running_worker(client, task_queue, fake.base_url, **_store(ui_env)):  # type: ignore[arg-type]
+            handle = await client.start_workflow(
+                "AgentSessionWorkflow",
+                SessionInput(
+                    config=SessionConfig(context_window=20_000, user="ui-wait"),
+                    project=synthetic_project(12, 2).model_copy(update={"name": f"ui-wait-{tag}"}),
+                ),
+                id=wid, task_queue=task_queue, result_type=SessionResult,
+                static_summary=f"agent session: ui-wait-{tag}",
+            )
+            st = await wait_status(client, wid, lambda s: bool(s.open_blockers), "a blocker")
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+                try:
+                    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page.set_default_timeout(UI_WAIT_MS)
+                    # Visibility is eventually consistent: reload until the row is listed.
+                    link = page.get_by_role("link", name=wid, exact=True)
+                    for _ in range(60):
+                        await page.goto(f"{base}?query={quote(query)}")
+                        try:
+                            await expect(link).to_be_visible(timeout=5_000)
+                            break
+                        except AssertionError:
+                            continue
+                    await expect(link).to_be_visible()
+                    await expect(page.get_by_role("row").filter(has=link)).to_contain_text("Running")
+                    await page.screenshot(path=str(ARTIFACTS / "ui-7-needs-human.png"), full_page=True)
+                finally:
+                    await browser.close()
+            await handle.execute_update(
+                "decide", DecideArgs(blocker_id=st.open_blockers[0]["id"], decision="go on"),
+                result_type=str,
+            )
+            await handle.signal("abort", AbortArgs(reason="ui test done"))
+            await handle.result()
+    assert (ARTIFACTS / "ui-7-needs-human.png").stat().st_size > 10_000
