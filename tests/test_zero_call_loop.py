@@ -25,7 +25,7 @@ from temporal_handoff.resume import resume_session
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.model_io import ModelRequest
 from temporal_handoff.schemas.session import SessionResult
-from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing import FakeAnthropicServer, Fault, ScriptedAgentBrain
 from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workflows._first_call import first_call_verdict
 from tests import waits
@@ -151,3 +151,25 @@ def test_the_verdict_lowers_max_tokens_or_says_why_not() -> None:
     assert tight.max_tokens is None and "min_max_tokens 256" in tight.message
     # Refused already with what fits: lowering it again would not help.
     assert first_call_verdict(4_700, 800, 8_000, 0.9, 256, 1).max_tokens is None
+
+
+async def test_a_first_call_the_api_refuses_as_too_long_is_not_handed_off_again(
+    client: Client, task_queue: str
+) -> None:
+    """The pre-flight lets the call through (the window taken is larger than the
+    model's), the API answers "prompt is too long": the seeded generation stops."""
+    too_long = "prompt is too long: 212000 tokens > 200000 maximum"
+    with FakeAnthropicServer(brain=ScriptedAgentBrain()) as fake:
+        fake.add_fault(Fault(status=400, message=too_long, path="/v1/messages"))
+        async with running_worker(client, task_queue, fake.base_url):
+            handle = await start_session(
+                client, task_queue, synthetic_project(6, 1), prefix="zero-overflow",
+                max_generations=6,
+            )
+            result = await waits.guarded(client, handle.id, handle.result(), "the result", CAP)
+            rows = await chain_of(client, handle)
+    report = f"{result.reason.value}: {result.message}; {calls_per_generation(rows)}"
+    assert result.reason == TerminationReason.CONFIG_ERROR, report
+    assert result.generation == 1, report  # generation 0 handed off once
+    assert too_long in result.message and "max_tokens 4,096" in result.message, report
+    assert result.final_handoff is not None

@@ -8,7 +8,8 @@ refused the same way, and generations climb with zero model calls until
 - the prompt fits under the handoff threshold, only `max_tokens` does not fit beside
   it: the turn's `max_tokens` shrinks to what fits (room up to the threshold when there
   is, never below `min_max_tokens`) and the call is made;
-- otherwise no call of this generation can be sent: a session seeded by a handoff stops
+- otherwise no call of this generation can be sent (also when the API itself refuses
+  the first call as too long, which the pre-flight let through): a session seeded by a handoff stops
   with CONFIG_ERROR whose message names the numbers and the fix (its result resumes
   with `handoff start --resume-from` and a fixed config); generation 0 without a seed
   hands off once (its successor opens with a continuation prompt instead of the
@@ -103,3 +104,17 @@ def first_call_verdict(
             f"to what fits beside the prompt. {FIX}"
         )
     return FirstCallVerdict(max_tokens=fit)
+
+
+def overflow_message(
+    api_message: str, max_tokens: int, window: int, threshold: float, generation: int
+) -> str:
+    """Why a seeded generation stops when the API refused its first call as too long
+    although the pre-flight let it through (the CONFIG_ERROR message)."""
+    return (
+        f"context_window: the API refused generation {generation}'s first call as too long "
+        f"({api_message[:300]}) with max_tokens {max_tokens:,}, though the pre-flight took the "
+        f"window to be {window:,} tokens (handoff threshold {threshold} × {window:,} = "
+        f"{int(threshold * window):,}): is context_window larger than the model's? Nothing "
+        f"was said yet in this generation, so a handoff would not make the prompt smaller. {FIX}"
+    )

@@ -95,12 +95,14 @@ class _Handoff(Exception):
 
 
 class _Stop(Exception):
-    """Raised inside the turn loop to close the session without a final document."""
+    """Raised inside the turn loop to close the session (without a final document
+    unless `final`)."""
 
-    def __init__(self, reason: TerminationReason, message: str) -> None:
+    def __init__(self, reason: TerminationReason, message: str, final: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.final = final
 
 
 _BUGS = (EventError, LookupError, TypeError, AttributeError, AssertionError, ValueError)
@@ -459,7 +461,7 @@ class AgentSessionWorkflow:
         except _Handoff as h:
             return await self._handoff(h.reason)
         except _Stop as s:
-            return await self._finish(s.reason, s.message, final=False)
+            return await self._finish(s.reason, s.message, final=s.final)
 
     def _system(self, handoff: HandoffPayload | None) -> list[dict[str, Any]]:
         text = self._cfg.system_prompt
@@ -784,6 +786,21 @@ class AgentSessionWorkflow:
         if lost.answers and workflow.patched("billed-usage-1"):
             self._ledger.record_lost(lost.usage, self._model, lost.answers)
         if out.overflow:
+            if (
+                self._ledger.calls_this_generation == 0
+                and self._inp.handoff is not None
+                and workflow.patched(first_call.ZERO_CALL_PATCH)
+            ):
+                # The API refused a first call the pre-flight let through (the window
+                # taken is larger than the model's?): the successor's would be too.
+                raise _Stop(
+                    TerminationReason.CONFIG_ERROR,
+                    first_call.overflow_message(
+                        out.overflow_message, max_tokens, window, self._cfg.handoff_threshold,
+                        self._generation,
+                    ),
+                    final=True,
+                )
             raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
         if out.failure is not None:
             self._model_blocker(out.failure)
