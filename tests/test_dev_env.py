@@ -21,8 +21,10 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
 from temporal_handoff.cli import app
-from temporal_handoff.cli.dev_env import KEYS
+from temporal_handoff.cli.dev_env import KEYS, dev_env_file
+from temporal_handoff.schemas.session import SessionInput
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
+from temporal_handoff.testing.synthetic import synthetic_project
 from temporal_handoff.workers.storage import external_storage
 from tests.conftest import running_worker
 from tests.helpers import is_store_reference
@@ -103,3 +105,65 @@ async def test_a_stale_dev_env_says_where_the_address_came_from(
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert f"cannot reach Temporal at {closed} (from .handoff/dev.env" in lines[0]
+
+
+async def test_a_command_in_a_subdirectory_finds_the_dev_loop_up_the_tree(
+    env: WorkflowEnvironment, client: Client, task_queue: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As git finds `.git`: the nearest `.handoff/dev.env` from the current directory
+    up; `HANDOFF_DEV_DIR` and the environment win over it."""
+    address = env.client.service_client.config.target_host
+    (tmp_path / ".handoff").mkdir()
+    (tmp_path / ".handoff" / "dev.env").write_text(
+        f"export TEMPORAL_ADDRESS={address}\nexport TEMPORAL_NAMESPACE=default\n"
+    )
+    deep = tmp_path / "src" / "pkg"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    wid = f"dev-env-up-{uuid.uuid4().hex[:8]}"
+    # No worker: the session only needs a history for `handoff history` to read.
+    await client.start_workflow(
+        "AgentSessionWorkflow", SessionInput(project=synthetic_project(3, 1)), id=wid,
+        task_queue=task_queue,
+    )
+    try:
+        found = await handoff("history", wid, "--json")
+        assert found.exit_code == 0, found.output
+        assert [r["generation"] for r in json.loads(found.stdout)] == [0]
+
+        # A nearer `.handoff/dev.env` wins (here a stale one), named in the error.
+        closed = closed_port()
+        nearer = tmp_path / "src" / ".handoff"
+        nearer.mkdir()
+        (nearer / "dev.env").write_text(f"export TEMPORAL_ADDRESS={closed}\n")
+        res = await handoff("history", wid)
+        assert res.exit_code == 2, res.output
+        assert f"cannot reach Temporal at {closed} (from {nearer / 'dev.env'}" in res.stderr
+        # HANDOFF_DEV_DIR wins over the walk; an environment variable over both.
+        res = await handoff("history", wid, "--json", HANDOFF_DEV_DIR=str(tmp_path / ".handoff"))
+        assert res.exit_code == 0 and wid in res.stdout, res.output
+        res = await handoff("history", wid, TEMPORAL_ADDRESS=address)
+        assert res.exit_code == 0 and wid in res.stdout, res.output
+    finally:
+        await client.get_workflow_handle(wid).terminate("test done")
+
+
+def test_the_walk_up_stops_at_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".handoff").mkdir()
+    (tmp_path / ".handoff" / "dev.env").write_text("export TEMPORAL_ADDRESS=x:1\n")
+    home = tmp_path / "home" / "me"
+    (home / "proj").mkdir(parents=True)
+    (tmp_path / "srv" / "proj").mkdir(parents=True)
+    # Above the home directory: not looked at.
+    assert dev_env_file({"HOME": str(home)}, cwd=home / "proj") is None
+    # Outside it: up to the root, so the file above is found.
+    found = dev_env_file({"HOME": str(home)}, cwd=tmp_path / "srv" / "proj")
+    assert found == tmp_path / ".handoff" / "dev.env"
+    # In the home directory itself: found there.
+    (home / ".handoff").mkdir()
+    (home / ".handoff" / "dev.env").write_text("export TEMPORAL_ADDRESS=y:1\n")
+    assert dev_env_file({"HOME": str(home)}, cwd=home / "proj") == home / ".handoff" / "dev.env"
+    # In the current directory: the short relative path (as error messages show it).
+    monkeypatch.chdir(tmp_path)
+    assert dev_env_file({"HOME": str(home)}) == Path(".handoff/dev.env")

@@ -2,10 +2,14 @@
 
 `handoff dev` (and `make demo`) writes `<state dir>/dev.env` with the `export` lines
 that point every other command at its server, namespace, content store and task
-queue. A command run where that directory is (`.handoff` in the current directory,
-or `$HANDOFF_DEV_DIR`) uses those values for whatever the environment does not set;
-flags and environment variables always win. `HANDOFF_DEV_DIR=` (empty) turns the
-lookup off.
+queue. A command uses those values for whatever the environment does not set. Which
+file, first match wins (flags and environment variables always win over any file):
+
+1. `$HANDOFF_DEV_DIR/dev.env` when the variable is set (`HANDOFF_DEV_DIR=`, empty,
+   turns the lookup off);
+2. the nearest `.handoff/dev.env` from the current directory up, as git finds `.git`:
+   the current directory, its parent, and so on, up to the user's home directory
+   (included) or the filesystem root.
 """
 
 from __future__ import annotations
@@ -25,14 +29,51 @@ KEYS = ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "HANDOFF_STORAGE_DIR", "HANDOF
 need it)."""
 
 
-def dev_env_file(environ: Mapping[str, str] | None = None) -> Path | None:
-    """The dev loop's `dev.env` to use, or None (no such file, or lookup turned off)."""
+def dev_env_file(
+    environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Path | None:
+    """The dev loop's `dev.env` to use, or None (no such file, or lookup turned off).
+
+    Args:
+        environ: the environment (default `os.environ`): `HANDOFF_DEV_DIR`, `HOME`.
+        cwd: where the walk up starts (default the current directory).
+    """
     env = os.environ if environ is None else environ
     where = env.get(DEV_DIR_ENV)
-    if where is not None and not where.strip():
+    if where is not None:
+        if not where.strip():
+            return None
+        path = Path(where) / ENV_FILE
+        return path if path.is_file() else None
+    here = Path.cwd() if cwd is None else cwd
+    for directory in _upward(here, _home(env)):
+        path = directory / DEFAULT_DEV_DIR / ENV_FILE
+        if path.is_file():
+            # In the current directory the path stays as short as people type it.
+            return Path(DEFAULT_DEV_DIR) / ENV_FILE if cwd is None and directory == here else path
+    return None
+
+
+def _home(env: Mapping[str, str]) -> Path | None:
+    home = env.get("HOME")
+    if home:
+        return Path(home)
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError):  # no home directory known
         return None
-    path = Path(where or DEFAULT_DEV_DIR) / ENV_FILE
-    return path if path.is_file() else None
+
+
+def _upward(start: Path, home: Path | None) -> list[Path]:
+    """`start` and its parents, up to `home` (included) or the filesystem root."""
+    start = Path(os.path.abspath(start))
+    stop = Path(os.path.abspath(home)) if home is not None else None
+    out = [start]
+    for parent in start.parents:
+        if out[-1] == stop:
+            break
+        out.append(parent)
+    return out
 
 
 def read_dev_env(path: Path) -> dict[str, str]:

@@ -51,6 +51,8 @@ def status(
             console.print(f"  blocker {b['id']} ({b['type']}): {b['description']}")
         for reason in st.rejected_commands[-3:]:
             console.print(f"  rejected: {reason}", markup=False)
+        if st.closing_reason:
+            console.print(f"  closed: {st.closing_reason}: {st.closing_message}", markup=False)
 
     run(go)
 

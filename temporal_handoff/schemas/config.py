@@ -71,6 +71,11 @@ class SessionConfig(DurableModel):
     `max_tokens` ≤ window, not only prompt ≤ the handoff threshold); a window too small
     for the fixed prompt + one turn + `max_tokens` gets the largest `max_tokens` that
     fits (`max_tokens_room`)."""
+    min_max_tokens: int = Field(default=256, ge=1, le=128_000)
+    """The smallest `max_tokens` worth a call. When the pre-flight refuses a generation's
+    first call (nothing said yet, so a handoff would not help) and the prompt fits under
+    the handoff threshold, that call's `max_tokens` is lowered to what fits beside it,
+    not below this; if even this does not fit, the session stops with CONFIG_ERROR."""
     on_max_tokens: Literal["retry", "blocker"] = "retry"
     """A reply cut at `max_tokens` (`stop_reason: "max_tokens"`) is never used: none of
     its tool calls runs (the last one may be cut mid-input) and it is not added to the

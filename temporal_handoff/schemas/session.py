@@ -141,6 +141,10 @@ class SessionStatus(DurableModel):
     """The agent replied and the session waits for the human's next message."""
     transcript_entries: int = 0
     """Entries in this generation's `transcript` query."""
+    closing_reason: str = ""
+    """Once the session is closing (or closed): its termination reason."""
+    closing_message: str = ""
+    """And why, in words (e.g. a CONFIG_ERROR's numbers and fix)."""
 
 
 class SessionResult(DurableModel):

@@ -134,6 +134,8 @@ def model_retry(cfg: SessionConfig) -> RetryPolicy:
 class ModelOutcome:
     response: ModelResponse | None = None
     overflow: bool = False
+    overflow_message: str = ""
+    """The API's words for the overflow (e.g. "prompt is too long: …")."""
     failure: str | None = None
     """Why the call cannot succeed now (shown on the blocker)."""
     interrupted: bool = False
@@ -206,10 +208,10 @@ async def call_model(
         billed = billed_in_failure(err)
         status, message = _error_parts(err)
         if status == 413 or "prompt is too long" in message:
-            return ModelOutcome(overflow=True, failed_billed=billed)
+            return ModelOutcome(overflow=True, overflow_message=message, failed_billed=billed)
         if "exceed context limit" in message and workflow.patched("overflow-forms-1"):
             # Older models: prompt + max_tokens over the window (a 400).
-            return ModelOutcome(overflow=True, failed_billed=billed)
+            return ModelOutcome(overflow=True, overflow_message=message, failed_billed=billed)
         if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
             failure = f"model unreachable after {cfg.model_max_attempts} attempts: {message}"
         elif err.retry_state == RetryState.TIMEOUT:

@@ -71,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from temporal_handoff.workflows import _command_input as command_input
     from temporal_handoff.workflows import _commands as commands
+    from temporal_handoff.workflows import _first_call as first_call
     from temporal_handoff.workflows import _free_form as free_form
     from temporal_handoff.workflows import _model_turn as turn_io
     from temporal_handoff.workflows import _visibility as vis
@@ -95,12 +96,14 @@ class _Handoff(Exception):
 
 
 class _Stop(Exception):
-    """Raised inside the turn loop to close the session without a final document."""
+    """Raised inside the turn loop to close the session (without a final document
+    unless `final`)."""
 
-    def __init__(self, reason: TerminationReason, message: str) -> None:
+    def __init__(self, reason: TerminationReason, message: str, final: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.final = final
 
 
 _BUGS = (EventError, LookupError, TypeError, AttributeError, AssertionError, ValueError)
@@ -142,7 +145,8 @@ class AgentSessionWorkflow:
         self._fixed_tokens = self._cfg.fixed_prompt_tokens()
         self._turn_max_tokens: int | None = None
         """`max_tokens` raised after a reply was cut at the limit (kept for the rest of
-        this generation: the configured value is too small for this model's replies)."""
+        this generation: the configured value is too small for this model's replies), or
+        lowered to what fits beside the generation's first prompt (`_first_call`)."""
         self._max_tokens_retries = 0
         self._last_max_tokens = self._cfg.max_tokens
         self._started: datetime | None = None
@@ -336,6 +340,8 @@ class AgentSessionWorkflow:
             rejected_commands=list(book.rejected),
             awaiting_input=book.waiting_for_input(),
             transcript_entries=len(self._transcript()),
+            closing_reason=self._closing[0].value if self._closing else "",
+            closing_message=self._closing[1][:2000] if self._closing else "",
         )
 
     @workflow.query(name="transcript")
@@ -389,7 +395,16 @@ class AgentSessionWorkflow:
             and inp.ledger is not None
             and self._cfg.model_for(inp.generation - 1) == self._model
         )
-        if not (same_model and workflow.patched("reuse-context-window-1")):
+        reuse = same_model and workflow.patched("reuse-context-window-1")
+        if (
+            reuse
+            and self._cfg.context_window not in (None, self._ledger.context_window)
+            and workflow.patched("window-override-1")
+        ):
+            # Resumed with another window (`--resume-from --config`, e.g. after a
+            # CONFIG_ERROR): the carried ledger's window is the old one.
+            reuse = False
+        if not reuse:
             info = await workflow.execute_activity(
                 "model_info",
                 ModelInfoRequest(model=self._model, override=self._cfg.context_window),
@@ -449,7 +464,7 @@ class AgentSessionWorkflow:
         except _Handoff as h:
             return await self._handoff(h.reason)
         except _Stop as s:
-            return await self._finish(s.reason, s.message, final=False)
+            return await self._finish(s.reason, s.message, final=s.final)
 
     def _system(self, handoff: HandoffPayload | None) -> list[dict[str, Any]]:
         text = self._cfg.system_prompt
@@ -512,6 +527,16 @@ class AgentSessionWorkflow:
                 continue
             if resp.preflight_refused:
                 turn_io.record_refusal(self._ledger, resp)
+                if self._ledger.calls_this_generation == 0 and workflow.patched(
+                    first_call.ZERO_CALL_PATCH
+                ):
+                    stop = self._first_call_refused(resp)
+                    if stop is None:
+                        continue  # sent again with a max_tokens that fits
+                    if self._inp.handoff is not None:
+                        return await self._finish(TerminationReason.CONFIG_ERROR, stop)
+                    # Generation 0 hands off once: its successor opens with a
+                    # continuation prompt instead of the project listing.
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
             turn_io.record_call(self._ledger, self._model, resp)
             book.health.model_calls += 1
@@ -566,6 +591,30 @@ class AgentSessionWorkflow:
                 else turn_io.appended_tokens(self._ledger, self._model, last)
             )
             await self._after_turn()
+
+    def _first_call_refused(self, resp: ModelResponse) -> str | None:
+        """The pre-flight refused this generation's first call (patch zero-call-guard-1):
+        lower `max_tokens` to what fits beside the prompt (None: send again), or say why
+        no call fits (the CONFIG_ERROR message)."""
+        verdict = first_call.first_call_verdict(
+            prompt=first_call.refused_prompt_tokens(resp),
+            max_tokens=self._last_max_tokens,
+            window=self._ledger.context_window,
+            threshold=self._cfg.handoff_threshold,
+            min_max_tokens=self._cfg.min_max_tokens,
+            generation=self._generation,
+            configured_max_tokens=self._cfg.max_tokens,
+        )
+        if verdict.max_tokens is None:
+            workflow.logger.warning("no first call fits: %s", verdict.message)
+            return verdict.message
+        workflow.logger.info(
+            "first call refused with max_tokens %d; sending it with %d",
+            self._last_max_tokens, verdict.max_tokens,
+        )
+        self._turn_max_tokens = verdict.max_tokens
+        self._turn -= 1  # the refused call was not a turn
+        return None
 
     def _cut_at_max_tokens(self, resp: ModelResponse) -> None:
         """A reply cut at `max_tokens`: never run its tool calls (the last may be cut
@@ -747,6 +796,21 @@ class AgentSessionWorkflow:
         if lost.answers and workflow.patched("billed-usage-1"):
             self._ledger.record_lost(lost.usage, self._model, lost.answers)
         if out.overflow:
+            if (
+                self._ledger.calls_this_generation == 0
+                and self._inp.handoff is not None
+                and workflow.patched(first_call.ZERO_CALL_PATCH)
+            ):
+                # The API refused a first call the pre-flight let through (the window
+                # taken is larger than the model's?): the successor's would be too.
+                raise _Stop(
+                    TerminationReason.CONFIG_ERROR,
+                    first_call.overflow_message(
+                        out.overflow_message, max_tokens, window, self._cfg.handoff_threshold,
+                        self._generation,
+                    ),
+                    final=True,
+                )
             raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
         if out.failure is not None:
             self._model_blocker(out.failure)
