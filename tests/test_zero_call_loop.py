@@ -12,6 +12,7 @@ stops with CONFIG_ERROR, naming the numbers, and resumes with a fixed config).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from typing import Any
@@ -173,3 +174,60 @@ async def test_a_first_call_the_api_refuses_as_too_long_is_not_handed_off_again(
     assert result.generation == 1, report  # generation 0 handed off once
     assert too_long in result.message and "max_tokens 4,096" in result.message, report
     assert result.final_handoff is not None
+
+
+async def test_human_text_that_fills_a_first_call_hands_off_instead_of_stopping(
+    client: Client, task_queue: str
+) -> None:
+    """A successor's first call that is refused because of the human messages flushed
+    into it is not a config error: one handoff puts those messages into the payload
+    (within its budget) and the session goes on. Only a second zero-call generation in a
+    row stops. (The 500-command storm met this with bursts of `say`.)"""
+    from temporal_handoff.schemas.lifecycle import LifecycleState
+    from temporal_handoff.schemas.session import SayArgs, SessionStatus
+
+    with FakeAnthropicServer(brain=ScriptedAgentBrain(tasks_per_turn=1)) as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            handle = await start_session(
+                client, task_queue, synthetic_project(10, 2), prefix="zero-say",
+                context_window=4_000, max_tokens=300, max_generations=8,
+            )
+
+            async def status() -> SessionStatus:
+                return await handle.query("status", result_type=SessionStatus)
+
+            await waits.guarded(client, handle.id, _until(status, lambda s: s.turn >= 2), "2 turns", CAP)
+            await handle.signal("pause")
+            await waits.guarded(
+                client, handle.id, _until(status, lambda s: s.lifecycle == LifecycleState.PAUSED),
+                "paused", CAP,
+            )
+            gen = (await status()).generation
+            said = 0
+            for i in range(12):  # as many as the inbox takes: more than fits beside the prompt
+                # Checksums: dense text (~2 characters a token) that the say check's
+                # rough sizing (4 a token) lets in, but the real count does not fit.
+                text = f"checksums {i}: " + " ".join(
+                    hashlib.sha256(f"{i}-{j}".encode()).hexdigest() for j in range(20)
+                )
+                try:
+                    await handle.execute_update("say", SayArgs(text=text), result_type=str)
+                    said += 1
+                except Exception:  # the inbox is full: enough
+                    break
+            await handle.signal("flush")
+            await handle.signal("resume")
+            result = await waits.guarded(client, handle.id, handle.result(), "the result", CAP)
+            rows = await chain_of(client, handle)
+    report = f"{said} says; {result.reason.value}: {result.message}; {calls_per_generation(rows)}"
+    refused_first = [r for r in rows if r.generation > gen and r.turns == 0]
+    assert refused_first, f"no first call was refused (the says did not fill it): {report}"
+    assert result.reason == TerminationReason.TASK_COMPLETED, report
+
+
+async def _until(read: Any, predicate: Any) -> Any:
+    while True:
+        value = await read()
+        if predicate(value):
+            return value
+        await asyncio.sleep(0.1)

@@ -217,6 +217,9 @@ class TokenLedger(DurableModel):
     """Calibrated estimate of content appended since the last call."""
     calls: int = 0
     calls_this_generation: int = 0
+    zero_call_generations: int = 0
+    """How many generations in a row, up to this one's predecessor, ended without a
+    model call (a handoff from a generation whose first call did not fit)."""
     stats: dict[str, FieldStats] = Field(
         default_factory=lambda: {f: FieldStats() for f in USAGE_FIELDS}
     )
@@ -406,6 +409,9 @@ class TokenLedger(DurableModel):
         nxt = self.model_copy(deep=True)
         nxt.occupancy = 0
         nxt.pending_estimate = 0
+        nxt.zero_call_generations = (
+            self.zero_call_generations + 1 if self.calls_this_generation == 0 else 0
+        )
         nxt.calls_this_generation = 0
         nxt.last_prompt_tokens = 0
         if context_window is not None:

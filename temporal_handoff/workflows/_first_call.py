@@ -1,19 +1,21 @@
 """A generation whose first model call the pre-flight refused (issue 15).
 
-Nothing was said since the generation's seed, so a handoff cannot help: the successor's
-prompt (system prompt, tools, continuation prompt) is as large, its first call is
-refused the same way, and generations climb with zero model calls until
-`max_generations`. Sessions from patch `zero-call-guard-1` on do this instead:
+Before patch `zero-call-guard-1`, such a generation handed off, its successor's prompt
+(system prompt, tools, continuation prompt) was as large, its first call was refused the
+same way, and generations climbed with zero model calls until `max_generations`.
+Sessions from the patch on do this instead:
 
 - the prompt fits under the handoff threshold, only `max_tokens` does not fit beside
   it: the turn's `max_tokens` shrinks to what fits (room up to the threshold when there
   is, never below `min_max_tokens`) and the call is made;
 - otherwise no call of this generation can be sent (also when the API itself refuses
-  the first call as too long, which the pre-flight let through): a session seeded by a handoff stops
-  with CONFIG_ERROR whose message names the numbers and the fix (its result resumes
-  with `handoff start --resume-from` and a fixed config); generation 0 without a seed
-  hands off once (its successor opens with a continuation prompt instead of the
-  project listing, which may be smaller).
+  the first call as too long, which the pre-flight let through). One handoff may still
+  help (generation 0's successor opens with a continuation prompt instead of the project
+  listing; human text flushed into the first call goes into the payload within its
+  budget), so the session hands off once; a generation seeded by a handoff from a
+  generation that made no call either stops with CONFIG_ERROR whose message names the
+  numbers and the fix (its result resumes with `handoff start --resume-from` and a
+  fixed config).
 
 Pure arithmetic on the refusal's numbers: deterministic, no I/O.
 """
@@ -85,8 +87,8 @@ def first_call_verdict(
     )
     if prompt > usable:
         return FirstCallVerdict(
-            message=f"context_window: {numbers}. The prompt alone is over the threshold, and "
-            f"a handoff would give the next generation a prompt as large. {FIX}"
+            message=f"context_window: {numbers}. The prompt alone is over the threshold, "
+            f"as was the previous generation's: another handoff would only repeat it. {FIX}"
         )
     # Room for the conversation to grow up to the threshold, as a generation whose
     # `max_tokens` fits has; at least `min_max_tokens` when the window leaves that.
@@ -115,6 +117,6 @@ def overflow_message(
         f"context_window: the API refused generation {generation}'s first call as too long "
         f"({api_message[:300]}) with max_tokens {max_tokens:,}, though the pre-flight took the "
         f"window to be {window:,} tokens (handoff threshold {threshold} × {window:,} = "
-        f"{int(threshold * window):,}): is context_window larger than the model's? Nothing "
-        f"was said yet in this generation, so a handoff would not make the prompt smaller. {FIX}"
+        f"{int(threshold * window):,}): is context_window larger than the model's? The "
+        f"previous generation ended without a call too: another handoff would only repeat it. {FIX}"
     )

@@ -533,10 +533,12 @@ class AgentSessionWorkflow:
                     stop = self._first_call_refused(resp)
                     if stop is None:
                         continue  # sent again with a max_tokens that fits
-                    if self._inp.handoff is not None:
+                    if self._handoff_cannot_help():
                         return await self._finish(TerminationReason.CONFIG_ERROR, stop)
-                    # Generation 0 hands off once: its successor opens with a
-                    # continuation prompt instead of the project listing.
+                    # One handoff may help: generation 0's successor opens with a
+                    # continuation prompt instead of the project listing, and human
+                    # text flushed into this first call goes into the payload, within
+                    # its budget. A second zero-call generation in a row stops.
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
             turn_io.record_call(self._ledger, self._model, resp)
             book.health.model_calls += 1
@@ -591,6 +593,11 @@ class AgentSessionWorkflow:
                 else turn_io.appended_tokens(self._ledger, self._model, last)
             )
             await self._after_turn()
+
+    def _handoff_cannot_help(self) -> bool:
+        """This generation's first call does not fit, and neither did its predecessor's
+        (a seed with no model call in between): another handoff would only repeat it."""
+        return self._inp.handoff is not None and self._ledger.zero_call_generations > 0
 
     def _first_call_refused(self, resp: ModelResponse) -> str | None:
         """The pre-flight refused this generation's first call (patch zero-call-guard-1):
@@ -798,7 +805,7 @@ class AgentSessionWorkflow:
         if out.overflow:
             if (
                 self._ledger.calls_this_generation == 0
-                and self._inp.handoff is not None
+                and self._handoff_cannot_help()
                 and workflow.patched(first_call.ZERO_CALL_PATCH)
             ):
                 # The API refused a first call the pre-flight let through (the window
