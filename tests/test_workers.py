@@ -29,6 +29,7 @@ from temporalio.api.enums.v1 import DescribeTaskQueueMode, EventType, TaskQueueT
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from temporal_handoff.schemas.config import SessionConfig
@@ -95,15 +96,22 @@ class Cluster:
         Enhanced mode asks every partition of the task queue (a poller waiting on a
         child partition is not reported by the root partition's legacy answer).
         """
-        resp = await self.env.client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=self.env.client.namespace,
-                task_queue=TaskQueue(name=self.task_queue),
-                api_mode=DescribeTaskQueueMode.DESCRIBE_TASK_QUEUE_MODE_ENHANCED,
-                report_pollers=True,
-                task_queue_types=[TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY],
+        try:
+            resp = await self.env.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=self.env.client.namespace,
+                    task_queue=TaskQueue(name=self.task_queue),
+                    api_mode=DescribeTaskQueueMode.DESCRIBE_TASK_QUEUE_MODE_ENHANCED,
+                    report_pollers=True,
+                    task_queue_types=[TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY],
+                )
             )
-        )
+        except RPCError as err:
+            # Under load the dev server sometimes cancels the partition fan-out
+            # ("operation was canceled"): no answer this time, ask again.
+            if err.status not in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+                raise
+            return self._polling
         seen: dict[int, set[str]] = {}
         for info in resp.versions_info.values():
             for kind, by_type in info.types_info.items():
