@@ -162,9 +162,10 @@ async def test_fifty_short_lived_cli_invocations_exit_0(served: Served) -> None:
 
 async def test_short_lived_start_scripts_exit_0(served: Served) -> None:
     """A user's script on `run_short_lived` + `command_runtime()`. With both made
-    no-ops (the SDK's default runtime, plain `asyncio.run`) 13 of 50 aborted; 25 runs
-    keep the test's cost down (the 50-run CLI test above is the issue's must-show)."""
+    no-ops (the SDK's default runtime, plain `asyncio.run`) 13 of 50 aborted (about one
+    in four); 15 runs keep the test's cost down (the 50-run CLI test above is the issue's
+    must-show)."""
     script = [sys.executable, "-c", START_SCRIPT, served.address, served.wid]
-    procs = await spawn_all([script] * 25, served.env)
+    procs = await spawn_all([script] * 15, served.env)
     assert not failures(procs), failures(procs)
     assert {p.out.strip() for p in procs} == {"COMPLETED"}
