@@ -109,10 +109,17 @@ async def one(
 def row(run: FidelityRun, level: str) -> dict[str, Any]:
     out = run.summary()
     tokens = out.pop("payload_tokens")
+    levels = out.pop("payload_levels")
     out["payload_tokens"] = {
         "mean": round(statistics.mean(tokens)) if tokens else 0,
         "max": max(tokens, default=0),
         "budget": DEFAULT_LEVEL_BUDGETS.get(level),
+        # The probe check escalates a level whose budget cannot hold every critical
+        # item: each prompt is held to the budget of the level it was rendered at.
+        "rendered_at": {lv: levels.count(lv) for lv in DEFAULT_LEVEL_BUDGETS if lv in levels},
+        "over_budget": sum(
+            t > DEFAULT_LEVEL_BUDGETS[lv] for t, lv in zip(tokens, levels, strict=True)
+        ),
     }
     surv = [x for x in out["critical_survival_by_generation"] if x is not None]
     out["critical_survival_min"] = min(surv) if surv else None
@@ -128,6 +135,7 @@ def ok(r: dict[str, Any]) -> bool:
         and r["failed_retries_changed_approach"] == r["failed_retries"]
         and r["probe_misses"] == 0
         and r["progress_hints_seen"] == 0
+        and r["payload_tokens"]["over_budget"] == 0
     )
 
 
@@ -195,6 +203,8 @@ def table(results: dict[str, Any]) -> str:
         "survival min",
         "probe misses",
         "payload tok mean/max/budget",
+        "rendered at",
+        "over budget",
         "wall s",
     ]
     rows = []
@@ -215,6 +225,8 @@ def table(results: dict[str, Any]) -> str:
                     "n/a" if r["critical_survival_min"] is None else r["critical_survival_min"],
                     r["probe_misses"],
                     f"{p['mean']}/{p['max']}/{p['budget']}",
+                    " ".join(f"{k}:{v}" for k, v in p["rendered_at"].items()),
+                    p["over_budget"],
                     r["wall_s"],
                 ]
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from temporalio.client import Client
 
+from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.testing import FakeAnthropicServer, PayloadAgent, fidelity_plan
 from temporal_handoff.testing.fidelity_run import FidelityRun, run_fidelity
@@ -60,6 +61,13 @@ async def test_successor_continues_from_the_payload_alone(client: Client, task_q
     assert s["failed_tasks_finished_after_a_handoff"] > 0, run.summary()
     assert run.probe_misses == 0, run.summary()
     assert all(x in (1.0, None) for x in run.critical_survival_by_generation), run.summary()
+    # Every prompt within the budget of the level it was rendered at (the probe check
+    # escalates a level too small for the critical items; it never overflows one).
+    over = [
+        (t, lv) for t, lv in zip(run.payload_tokens, run.payload_levels, strict=True)
+        if t > DEFAULT_LEVEL_BUDGETS[lv]
+    ]
+    assert run.payload_tokens and not over, over
 
     # The control: the same session, the continuation prompt blanked. Given a few more
     # generations than the honest run needed, it must still fail, visibly.

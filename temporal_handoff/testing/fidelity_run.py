@@ -44,6 +44,9 @@ class FidelityRun:
     score: dict[str, Any]
     generations: int
     payload_tokens: list[int] = field(default_factory=list)
+    payload_levels: list[str] = field(default_factory=list)
+    """The level each continuation prompt was rendered at (above the requested one
+    when the probe check escalated it)."""
     critical_survival_by_generation: list[float | None] = field(default_factory=list)
     probe_misses: int = 0
     human_decisions_sent: int = 0
@@ -59,6 +62,7 @@ class FidelityRun:
             "critical_survival_by_generation": self.critical_survival_by_generation,
             "probe_misses": self.probe_misses,
             "payload_tokens": self.payload_tokens,
+            "payload_levels": self.payload_levels,
             "human_decisions_sent": self.human_decisions_sent,
             "progress_hints_seen": self.progress_hints_seen,
             "wall_s": round(self.wall_s, 2),
@@ -164,10 +168,12 @@ async def run_fidelity(
     # Every successor's input: the state at its handoff and the prompt it was given.
     handoffs: list[tuple[ProjectState, str]] = []
     tokens: list[int] = []
+    levels: list[str] = []
     for run in (await read_runs(client, handle.id, calls=False))[1:]:
         if run.input.handoff is not None:
             handoffs.append((run.input.project, _read(run.input.handoff.prompt, agent)))
             tokens.append(run.input.handoff.prompt_tokens)
+            levels.append(run.input.handoff.level.value)
     survival: list[float | None] = []
     misses = 0
     first = critical_probes(handoffs[0][0]) if handoffs else {}
@@ -183,6 +189,7 @@ async def run_fidelity(
         score=score_fidelity(plan, result.project, list(agent.actions)),
         generations=result.generation + 1,
         payload_tokens=tokens,
+        payload_levels=levels,
         critical_survival_by_generation=survival,
         probe_misses=misses,
         human_decisions_sent=sent,
