@@ -1,7 +1,7 @@
 """The agent's own note to its successor, asked for once at the seal of a handoff.
 
 Before a generation hands off, the session may ask the model one last question (one
-bounded turn, no tools): what was it doing, what did it learn that no state tool
+bounded turn, text only): what was it doing, what did it learn that no state tool
 recorded? The reply is cleaned and cut here, rides the seal request into the handoff
 document, and reaches the successor inside an escaped ``<agent_note>`` block, labelled
 as the predecessor's own words: context, never state (the state tools' record is what

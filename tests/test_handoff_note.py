@@ -30,7 +30,7 @@ from temporal_handoff.human_text import strip_quoted
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.model_io import message_text
-from temporal_handoff.testing import FakeAnthropicServer, Fault, ScriptedAgentBrain
+from temporal_handoff.testing import BrainReply, FakeAnthropicServer, Fault, ScriptedAgentBrain
 from temporal_handoff.testing.brain import NEXT_ELIGIBLE_RE
 from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
@@ -194,9 +194,10 @@ async def test_the_successor_reads_its_predecessors_note(client: Client, task_qu
     assert result.project.duplicate_completions == 0
     assert result.generation >= 1
     asked = [r for r in brain.requests if _is_note_request(r)]
-    # One note turn per handoff, text only: same tools (the cached prefix), none callable.
+    # One note turn per handoff, on the same prefix as the turns (tools, system: cached).
     assert len(asked) == result.generation
-    assert all(r["tool_choice"] == {"type": "none"} and r["tools"] for r in asked)
+    turn = next(r for r in brain.requests if not _is_note_request(r))
+    assert all(r["tools"] == turn["tools"] and "tool_choice" not in r for r in asked)
     assert all(r["max_tokens"] == NOTE_MAX for r in asked)
     firsts = _first_requests(brain)
     for gen in range(1, result.generation + 1):
@@ -272,6 +273,43 @@ async def test_a_failing_note_turn_means_no_note_not_a_blocker(
         await client.get_workflow_handle(handle.id, run_id=chain[0].run_id).describe()
     ).memo()
     assert memo["handoff_note"].startswith("skipped: model call failed (500"), memo
+
+
+class _ToolNote:
+    """Answers the note request with a tool call (a blocker) instead of text."""
+
+    def __init__(self) -> None:
+        self.inner = RecordingBrain(ScriptedAgentBrain(tasks_per_turn=2, summary_words=80))
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return self.inner.requests
+
+    def respond(self, request: dict[str, Any]) -> BrainReply:
+        reply = self.inner.respond(request)
+        if not _is_note_request(request):
+            return reply
+        block = {"blocker_id": "B-NOTE", "blocker_type": "human_decision", "description": "x"}
+        return BrainReply(content=[
+            {"type": "text", "text": "Let me raise this first."},
+            {"type": "tool_use", "id": f"toolu_note{len(self.requests)}", "name": "add_blocker",
+             "input": block},
+        ])
+
+
+async def test_a_note_reply_that_calls_a_tool_is_no_note(client: Client, task_queue: str) -> None:
+    brain = _ToolNote()
+    handle, result, chain = await _run(client, task_queue, brain)  # type: ignore[arg-type]
+    assert result.reason == TerminationReason.TASK_COMPLETED and result.generation >= 1
+    assert [r for r in brain.requests if _is_note_request(r)]
+    # The call was never run, and the reply is not shown as a note.
+    assert all(b.id != "B-NOTE" for b in result.project.blockers)
+    assert all("<agent_note" not in _system_text(r) for r in brain.requests)
+    assert result.ledger.note_calls == result.generation  # asked and paid for
+    memo = await (
+        await client.get_workflow_handle(handle.id, run_id=chain[0].run_id).describe()
+    ).memo()
+    assert memo["handoff_note"] == "skipped: no text in the reply (stop_reason tool_use)"
 
 
 async def test_handoff_note_off_asks_nothing(client: Client, task_queue: str) -> None:

@@ -237,8 +237,6 @@ class ModelActivities:
             kwargs["system"] = req.system
         if req.tools:
             kwargs["tools"] = [t.wire() for t in req.tools]
-            if req.tool_choice is not None:
-                kwargs["tool_choice"] = req.tool_choice
         if self._conversation_cache:
             # Built here, not in the workflow: history keeps the messages unmarked.
             kwargs["messages"] = with_conversation_breakpoints(
@@ -302,8 +300,6 @@ class ModelActivities:
             kwargs["system"] = req.system
         if req.tools:
             kwargs["tools"] = [t.wire() for t in req.tools]
-            if req.tool_choice is not None:
-                kwargs["tool_choice"] = req.tool_choice
         try:
             counted = (await self.client.messages.count_tokens(**kwargs)).input_tokens
         except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:

@@ -129,11 +129,12 @@ class SessionConfig(DurableModel):
     recorded, so a successor works from its system prompt, the continuation prompt and
     `recall` alone (how the handoff-fidelity tests and benchmark run)."""
     handoff_note: bool = Field(default=True, strict=True)
-    """At each handoff, ask the model once (one bounded turn, no tools) for a short note
-    to its successor: what it was doing, what it learned that no state tool recorded.
-    The note is shown to the successor quoted in `<agent_note>`, as the predecessor's
-    words, never as state, and is the first thing left out when the continuation
-    prompt's budget is tight. Skipped when the turn would overflow the window (the
+    """At each handoff, ask the model once (one bounded turn, text only: a reply that
+    calls a tool is no note, and its calls never run) for a short note to its successor:
+    what it was doing, what it learned that no state tool recorded. The note is shown
+    to the successor quoted in `<agent_note>`, as the predecessor's words, never as
+    state, and is the first thing left out when the continuation prompt's budget is
+    tight. Skipped when the turn would overflow the window (the
     pre-flight), after an overflow, or on any error or timeout: the handoff never waits
     on it. Its tokens go into the ledger (`TokenLedger.note_calls`)."""
     handoff_note_max_tokens: int = Field(default=400, ge=1, le=8_192)

@@ -75,10 +75,6 @@ class ModelRequest(DurableModel):
     and the API's exact count is asked for when the limit is near."""
     stream_threshold: int = 16_000
     """`max_tokens` above which the call streams (SSE) with heartbeats."""
-    tool_choice: dict[str, Any] | None = None
-    """The Messages API `tool_choice` (None: not sent, the API's auto). The handoff note
-    sends ``{"type": "none"}``: the tools stay defined (the conversation holds tool
-    calls, and the prompt's cached prefix stays the same) but none may be called."""
 
 
 class ModelResponse(DurableModel):
