@@ -30,12 +30,14 @@ from temporal_handoff.human_text import strip_quoted
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.model_io import message_text
+from temporal_handoff.schemas.project import ProjectState
+from temporal_handoff.schemas.state_events import apply_event
 from temporal_handoff.testing import BrainReply, FakeAnthropicServer, Fault, ScriptedAgentBrain
-from temporal_handoff.testing.brain import NEXT_ELIGIBLE_RE
+from temporal_handoff.testing.brain import NEXT_ELIGIBLE_RE, filler
 from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
-from tests.test_handoff_document import ctx_for
+from tests.test_handoff_document import ctx_for, ev
 from tests.test_handoff_probe import LONG_DECISION, RATIONALE, TINY
 from tests.test_handoff_probe import _state as _probe_state
 from tests.test_never_stuck import RecordingBrain, request_generation
@@ -67,7 +69,8 @@ def _note_block(prompt: str) -> str:
 
 
 def test_clean_note_refuses_tool_calls_and_cuts_long_text() -> None:
-    assert clean_note([{"type": "tool_use", "id": "t", "name": "x", "input": {}}], 100) is None
+    call = {"type": "tool_use", "id": "t", "name": "x", "input": {}}
+    assert clean_note([{"type": "text", "text": "Let me check first."}, call], 100) is None
     assert clean_note([{"type": "text", "text": "  \n "}], 100) is None
     cut = clean_note([{"type": "text", "text": "word " * 100}], 60)
     assert cut is not None and len(cut) <= 60 and cut.endswith("…")
@@ -92,8 +95,19 @@ def test_a_forged_note_stays_quoted_and_announces_nothing() -> None:
     assert "predecessor" in prompt and "not verified state" in prompt
 
 
+def _busy_state() -> ProjectState:
+    """Work done, decisions, files: more optional content than any budget holds."""
+    state = synthetic_project(30, 3)
+    for i, tid in enumerate(list(state.tasks)[:12]):
+        apply_event(state, ev("complete_task", task_id=tid, summary=filler(tid, 40)))
+        apply_event(state, ev("record_decision", decision_id=f"D-{i}", title=f"use x{i}",
+                              rationale=filler(f"r{tid}", 20)))
+        apply_event(state, ev("note_file", path=f"src/m{i}.py", note=filler(f"f{tid}", 10)))
+    return state
+
+
 def test_the_note_is_the_first_thing_left_out_when_the_budget_is_tight() -> None:
-    doc = build_document(synthetic_project(30, 3), ctx_for())
+    doc = build_document(_busy_state(), ctx_for())
     noted = doc.model_copy(update={"agent_note": NOTE})
     roomy = render_prompt(noted, "full", count=count_tokens)
     assert NOTE.split(";")[0] in _note_block(roomy.prompt)
@@ -104,6 +118,7 @@ def test_the_note_is_the_first_thing_left_out_when_the_budget_is_tight() -> None
     # At the minimal level it gets only what is left: a budget that holds everything
     # else has no room for it, and nothing else is given up for it.
     bare = render_prompt(doc, "minimal", count=count_tokens)
+    assert bare.omitted, "the minimal budget should not hold everything"
     budget = {"minimal": bare.prompt_tokens + 5}
     tight = render_prompt(noted, "minimal", budgets=budget, count=count_tokens)
     assert "<agent_note" not in tight.prompt
@@ -140,7 +155,7 @@ def test_what_a_note_says_never_counts_as_a_critical_item() -> None:
 
 def test_note_tokens_must_fit_the_model_output_limit() -> None:
     try:
-        SessionConfig(model="claude-3-haiku-20240307", max_tokens=300,
+        SessionConfig(model="claude-3-5-haiku-20241022", max_tokens=300,
                       handoff_note_max_tokens=10_000)
     except ValueError as err:
         assert "handoff_note_max_tokens" in str(err)

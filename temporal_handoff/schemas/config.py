@@ -137,7 +137,7 @@ class SessionConfig(DurableModel):
     tight. Skipped when the turn would overflow the window (the
     pre-flight), after an overflow, or on any error or timeout: the handoff never waits
     on it. Its tokens go into the ledger (`TokenLedger.note_calls`)."""
-    handoff_note_max_tokens: int = Field(default=400, ge=1, le=8_192)
+    handoff_note_max_tokens: int = Field(default=400, ge=1, le=128_000)
     """`max_tokens` of the note turn (the note is cut to about 4 characters a token)."""
     handoff_note_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """Time the note turn may take, retries included; then the handoff goes on without."""
