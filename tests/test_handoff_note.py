@@ -27,6 +27,7 @@ from temporal_handoff.documents.build import build_document
 from temporal_handoff.documents.probe import PROBE_TEXT_CHARS
 from temporal_handoff.documents.render import NOTE_SHARE, render_prompt
 from temporal_handoff.human_text import strip_quoted
+from temporal_handoff.runs import read_run
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.lifecycle import TerminationReason
 from temporal_handoff.schemas.model_io import message_text
@@ -35,6 +36,7 @@ from temporal_handoff.schemas.state_events import apply_event
 from temporal_handoff.testing import BrainReply, FakeAnthropicServer, Fault, ScriptedAgentBrain
 from temporal_handoff.testing.brain import NEXT_ELIGIBLE_RE, filler
 from temporal_handoff.testing.synthetic import synthetic_project
+from temporal_handoff.transcripts import run_transcript
 from tests.conftest import running_worker
 from tests.helpers import start_session
 from tests.test_handoff_document import ctx_for, ev
@@ -217,6 +219,7 @@ async def test_the_successor_reads_its_predecessors_note(client: Client, task_qu
     firsts = _first_requests(brain)
     for gen in range(1, result.generation + 1):
         system = _system_text(firsts[gen])
+        assert "<agent_note" in system, f"generation {gen}'s continuation prompt has no note"
         block = _note_block(system)
         assert block.startswith(f'<agent_note generation="{gen - 1}">'), block[:80]
         assert NOTE in block, f"generation {gen}'s continuation prompt lacks the note"
@@ -226,6 +229,12 @@ async def test_the_successor_reads_its_predecessors_note(client: Client, task_qu
     assert sum(row.note_calls for row in chain) == result.ledger.note_calls
     assert result.ledger.calls == sum(row.turns + row.note_calls for row in chain)
     assert len(brain.requests) == result.ledger.calls
+    # Readers of history tell the note turn from the conversation: a closed run's
+    # transcript (its last conversation call) never shows the request.
+    run0 = await read_run(client, handle.id, chain[0].run_id)
+    assert len(run0.note_calls) == 1 and run0.last_model_request is not None
+    assert NOTE_REQUEST_MARKER not in str(run0.last_model_request.messages)
+    assert all(NOTE not in e.text for e in run_transcript(run0))
     desc = await client.get_workflow_handle(handle.id, run_id=chain[-2].run_id).describe()
     memo = await desc.memo()
     assert memo["handoff_note"] == f"{len(NOTE)} chars"
