@@ -26,11 +26,14 @@ class RunSummary(BaseModel):
     end: datetime | None = None
     status: str = ""
     turns: int = 0
-    """call_model activities completed in this run."""
+    """call_model activities of the conversation completed in this run."""
+    note_calls: int = 0
+    """The handoff note's call_model, when it completed (0 or 1; not a turn)."""
     model_attempts: int = 0
     """call_model attempts, retries included."""
     usage: TokenUsage = TokenUsage()
-    """Sum of the usage returned by this run's completed model calls."""
+    """Sum of the usage returned by this run's completed model calls (the handoff
+    note's included: the ledger counts it too)."""
     tokens_at_handoff: int | None = None
     """Context occupancy when this run handed off (or ended)."""
     payload_tokens: int | None = None
@@ -46,6 +49,7 @@ class RunSummary(BaseModel):
 
 def run_summary(run: Run) -> RunSummary:
     """One row of the handoff chain, from a run read by :mod:`temporal_handoff.runs`."""
+    notes = [c for c in run.note_calls if not c.preflight_refused]
     row = RunSummary(
         generation=run.generation,
         run_id=run.run_id,
@@ -55,7 +59,8 @@ def run_summary(run: Run) -> RunSummary:
         status=run.status,
         turns=len(run.turns),
         model_attempts=run.model_attempts,
-        usage=sum((c.usage for c in run.turns), TokenUsage()),
+        note_calls=len(notes),
+        usage=sum((c.usage for c in [*run.turns, *notes]), TokenUsage()),
         termination=run.ended_by if run.status != "RUNNING" else "",
         handoff_child=run.handoff_child,
         previous_run_id=run.previous_run_id,

@@ -9,6 +9,9 @@ nor open another: whatever it says — ``Next eligible tasks:``, ``ALL TASKS COM
 control line. Readers that key on control lines (the scripted brain in `testing`)
 skip these blocks with :func:`strip_quoted`.
 
+The agent's own note to its successor (`temporal_handoff.agent_note`) is quoted the
+same way, in an ``<agent_note …>`` block: the model's words, never state.
+
 Pure (stdlib only): imported by workflow code.
 """
 
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["KINDS", "escape", "is_quoted", "quote", "quote_inline", "strip_quoted"]
+__all__ = ["KINDS", "NOTE_KIND", "escape", "is_quoted", "quote", "quote_inline", "strip_quoted"]
 
 KINDS = ("human_message", "human_decision")
-"""Block tags. Every tag starts with ``human_``."""
+"""Block tags of human text. Every tag starts with ``human_``."""
+NOTE_KIND = "agent_note"
+"""Block tag of the predecessor's note (quoted like human text; not human text)."""
 
-_BLOCK_RE = re.compile(r"<(human_[a-z_]+)(?: [^<>]*)?>.*?</\1>", re.DOTALL)
+_BLOCK_RE = re.compile(r"<(human_[a-z_]+|agent_note)(?: [^<>]*)?>.*?</\1>", re.DOTALL)
 # What `quote` makes, after an optional one-line lead of our own (no < or > anywhere
 # but the tags: the body is escaped).
 _QUOTED_RE = re.compile(r"(?:[^<>\n]*\n)?<(human_[a-z_]+)(?: [^<>\n]*)?>\n[^<>]*\n</\1>")
@@ -34,8 +39,10 @@ def escape(text: str, attribute: bool = False) -> str:
 
 
 def _open(kind: str, attrs: dict[str, str]) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"unknown block kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in KINDS and kind != NOTE_KIND:
+        raise ValueError(
+            f"unknown block kind {kind!r}; expected one of {', '.join((*KINDS, NOTE_KIND))}"
+        )
     extra = "".join(f' {k}="{escape(v, attribute=True)}"' for k, v in attrs.items() if v)
     return f"<{kind}{extra}>"
 
@@ -56,5 +63,8 @@ def is_quoted(text: str) -> bool:
 
 
 def strip_quoted(text: str) -> str:
-    """`text` without its human blocks (each replaced by ``[human text]``)."""
-    return _BLOCK_RE.sub("[human text]", text)
+    """`text` without its human blocks (each replaced by ``[human text]``) and agent
+    notes (``[agent note]``)."""
+    return _BLOCK_RE.sub(
+        lambda m: "[agent note]" if m.group(1) == NOTE_KIND else "[human text]", text
+    )

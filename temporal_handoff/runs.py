@@ -25,6 +25,7 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client, WorkflowHistory
 from temporalio.service import RPCError, RPCStatusCode
 
+from temporal_handoff.agent_note import NOTE_ACTIVITY_ID
 from temporal_handoff.schemas.events import HandoffInput
 from temporal_handoff.schemas.handoff import HandoffPayload, RunRef
 from temporal_handoff.schemas.model_io import ModelInfoResult, ModelRequest, ModelResponse
@@ -51,6 +52,8 @@ _CLOSED = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED: "CANCELED",
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT: "TIMED_OUT",
 }
+_NOTE = "call_model:handoff-note"
+"""How `read_run` files the handoff note's `call_model` (not a conversation turn)."""
 _WORKFLOW_ERROR = "SessionWorkflowError"
 """Failure type whose details carry the project state (a workflow bug)."""
 
@@ -83,10 +86,12 @@ class Run:
     failure_state: ProjectState | None = None
     """The project state a `SessionWorkflowError` failure carries (a workflow bug)."""
     model_calls: list[ModelResponse] = field(default_factory=list)
-    """Results of the completed `call_model` activities, in order (empty unless read
-    with `calls=True`)."""
+    """Results of the conversation's completed `call_model` activities, in order (empty
+    unless read with `calls=True`); the handoff note's turn is in `note_calls`."""
     model_attempts: int = 0
-    """`call_model` attempts, retries included."""
+    """The conversation's `call_model` attempts, retries included."""
+    note_calls: list[ModelResponse] = field(default_factory=list)
+    """The handoff note's completed `call_model` (activity id `handoff-note`), if any."""
     last_model_request: ModelRequest | None = None
     """The input of the run's last `call_model`: the generation's conversation up to
     that call (read with `calls=True`)."""
@@ -198,7 +203,10 @@ async def read_run(client: Client, workflow_id: str, run_id: str, *, calls: bool
         if et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs_s = event.activity_task_scheduled_event_attributes
             scheduled[event.event_id] = attrs_s.activity_type.name
-            if attrs_s.activity_type.name == "call_model":
+            if attrs_s.activity_type.name == "call_model" and attrs_s.activity_id == NOTE_ACTIVITY_ID:
+                # The handoff note: not a turn of the conversation.
+                scheduled[event.event_id] = _NOTE
+            elif attrs_s.activity_type.name == "call_model":
                 last_call = (event.event_id, attrs_s.input.payloads)
                 run.last_model_reply = None
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
@@ -208,7 +216,9 @@ async def read_run(client: Client, workflow_id: str, run_id: str, *, calls: bool
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             done = event.activity_task_completed_event_attributes
             kind = scheduled.get(done.scheduled_event_id)
-            if kind == "call_model" and calls:
+            if kind == _NOTE and calls:
+                run.note_calls.append(await _decode(client, done.result.payloads, ModelResponse))
+            elif kind == "call_model" and calls:
                 run.model_calls.append(await _decode(client, done.result.payloads, ModelResponse))
                 if last_call is not None and done.scheduled_event_id == last_call[0]:
                     run.last_model_reply = run.model_calls[-1]

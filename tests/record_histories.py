@@ -5,7 +5,9 @@
 Runs one session on a fresh dev server against the fake model: ≥ 2 handoffs, human
 commands (say, decide, pause/resume), a model call that fails once and is retried,
 (from v2) a non-retryable model error that repeats after the human decides, and (from v3)
-signals sent the wrong way (a `say` signal, an unknown name, `pause` with input). Writes every run's history and every handoff child's history as JSON.
+signals sent the wrong way (a `say` signal, an unknown name, `pause` with input), and
+(from v5) the agent's note at each handoff. Writes every run's history and every handoff
+child's history as JSON.
 
     .venv/bin/python -m tests.record_histories free-form-v1
 
@@ -53,6 +55,8 @@ from tests.conftest import running_worker
 from tests.helpers import start_session
 
 HISTORIES = Path(__file__).parent / "histories"
+OLD = ("v0", "v1", "v2", "v3", "v4")
+"""Versions recorded before the handoff note."""
 
 
 async def main(version: str) -> None:
@@ -76,9 +80,12 @@ async def main(version: str) -> None:
             # The same non-retryable error twice on one turn: two distinct blockers.
             fake.add_fault(Fault(status=401, times=2, path="/v1/messages"))
             async with running_worker(client, "record", fake.base_url):
+                # From v5: handoff notes (patch handoff-note-1) small enough for this
+                # window, and the HandoffProbeMisses search attribute.
+                notes = {} if version in OLD else {"handoff_note_max_tokens": 60}
                 handle = await start_session(
                     client, "record", synthetic_project(40, 3), prefix="recorded",
-                    context_window=3_500, max_tokens=300,
+                    context_window=3_500, max_tokens=300, **notes,
                 )
                 await handle.execute_update("say", SayArgs(text="prefer small steps"))
                 await handle.signal("pause")

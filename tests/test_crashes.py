@@ -107,7 +107,9 @@ async def test_sigkill_workers_ten_times(env: WorkflowEnvironment, client: Clien
     chain = await session_chain(client, handle.id)
     completed = sum((row.usage for row in chain), TokenUsage())
     assert result.ledger.total_tokens == completed.total
-    assert result.ledger.calls == sum(row.turns for row in chain)
+    # (The handoff note's turns are calls too, counted apart from the conversation's.)
+    assert result.ledger.calls == sum(row.turns + row.note_calls for row in chain)
+    assert result.ledger.note_calls == sum(row.note_calls for row in chain)
     # What the fake answered (and the API would bill) vs the ledger's billed line: a
     # random kill can land between an answer and its usage heartbeat (never counted
     # twice, so billed ≤ answered); tests/test_billed_usage.py pins the equality.

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
 from temporal_handoff.activities.handoff_activity import BuildHandoffInput, render_payload
 from temporal_handoff.activities.tokenizer import count_tokens
@@ -20,12 +21,14 @@ from temporal_handoff.schemas.lifecycle import LifecycleState, TerminationReason
 from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import AbortArgs, DecideArgs, SessionResult
 from temporal_handoff.schemas.state_events import apply_event
+from temporal_handoff.schemas.visibility import PROBE_MISSES
 from temporal_handoff.testing import FakeAnthropicServer, ScriptedAgentBrain
 from temporal_handoff.testing.synthetic import synthetic_project
 from tests.conftest import running_worker
 from tests.helpers import start_session
 from tests.test_handoff_document import ctx_for, ev
 from tests.test_never_stuck import RecordingBrain, request_generation
+from tests.test_visibility_waits import _listed, _until_listed
 from tests.waits import guarded, wait_status
 
 # A human decision longer than the minimal level shows of a critical text (120 chars).
@@ -182,3 +185,41 @@ async def test_the_handoff_child_escalates_or_records_before_the_successor_start
         if request_generation(r) == 1 and roomy.id in json.dumps(r["messages"][0])
     )
     assert esc.prompt in "".join(b["text"] for b in first["system"])
+
+
+async def test_probe_misses_are_a_search_attribute(
+    env: WorkflowEnvironment, client: Client, task_queue: str
+) -> None:
+    """`HandoffProbeMisses > 0` lists the session whose successor started without some
+    critical item; `= 0` lists the clean one (the temporal CLI, as an operator would)."""
+    brain = ScriptedAgentBrain(blocker_every=4, decision_every=0)
+    with FakeAnthropicServer(brain=brain) as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            roomy = await start_session(
+                client, task_queue, synthetic_project(12, 2), prefix="sa-clean",
+                compression_level="minimal",
+            )
+            tight = await start_session(
+                client, task_queue, synthetic_project(12, 2), prefix="sa-miss",
+                compression_level="minimal", level_budgets=TINY,
+            )
+            await asyncio.gather(
+                _decide_and_flush(client, roomy), _decide_and_flush(client, tight)
+            )
+            both = f"WorkflowId IN ('{roomy.id}', '{tight.id}')"
+            await _until_listed(env, f"{both} AND HandoffProbeMisses > 0")
+            await _until_listed(env, f"{both} AND HandoffProbeMisses = 0")
+            missed = [r["execution"]["workflowId"] for r in await _listed(
+                env, f"{both} AND HandoffProbeMisses > 0 AND ExecutionStatus = 'Running'"
+            )]
+            clean = [r["execution"]["workflowId"] for r in await _listed(
+                env, f"{both} AND HandoffProbeMisses = 0 AND ExecutionStatus = 'Running'"
+            )]
+            # The successor (generation 1, running) carries its handoff's count.
+            miss = await client.get_workflow_handle(f"{tight.id}-handoff-0").result()
+            desc = await tight.describe()
+            for h in (roomy, tight):
+                await h.signal("abort", AbortArgs(reason="done"))
+                await guarded(client, h.id, h.result(), "abort")
+    assert missed == [tight.id] and clean == [roomy.id]
+    assert desc.typed_search_attributes.get(PROBE_MISSES) == miss["probe_missed"] > 0

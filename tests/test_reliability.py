@@ -53,7 +53,10 @@ async def test_faults_at_30_percent_over_a_169_task_session(
     # whose activity attempt was still alive (not the ones past the timeout).
     answered = [r for r in requests if r.status == 200 and not (r.fault or "").startswith("delay")]
     chain = await session_chain(client, handle.id)
-    assert result.ledger.calls == sum(row.turns for row in chain) == len(answered)
+    # (The handoff note's turns are calls too, counted apart from the conversation's.)
+    notes = sum(row.note_calls for row in chain)
+    assert notes == result.ledger.note_calls
+    assert result.ledger.calls == sum(row.turns for row in chain) + notes == len(answered)
     total = sum((row.usage for row in chain), TokenUsage())
     assert result.ledger.total_tokens == total.total
     # Retries are visible in history as activity attempts.

@@ -213,7 +213,7 @@ async def test_prompt_plus_max_tokens_is_reserved_in_the_preflight(
     """With the true window, the session hands off before prompt + max_tokens can
     exceed it: an older model never answers 400."""
     n = 40
-    brain = ScriptedAgentBrain(tasks_per_turn=2, decision_every=0)
+    brain = RecordingBrain(tasks_per_turn=2, decision_every=0)
     with FakeAnthropicServer(brain=brain, context_windows={OLD: 6_000}) as fake:
         async with running_worker(client, task_queue, fake.base_url):
             handle = await start(client, task_queue, n, model=OLD, max_tokens=1_500)
@@ -222,7 +222,11 @@ async def test_prompt_plus_max_tokens_is_reserved_in_the_preflight(
     assert_completed(result, n)
     assert result.generation >= 1
     assert [r.status for r in reqs if r.status != 200] == []
-    assert max(r.input_tokens or 0 for r in reqs) + 1_500 <= 6_000
+    # Every request's own prompt + max_tokens fits (the turns reserve 1,500; a handoff
+    # note's turn, its own 400).
+    sent = [(fake.prompt_tokens(b), b["max_tokens"]) for b in brain.bodies]
+    assert max(p for p, m in sent if m == 1_500) + 1_500 <= 6_000
+    assert all(p + m <= 6_000 for p, m in sent), sent
 
 
 # ---------------------------------------------------------------- output limit

@@ -7,6 +7,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from temporal_handoff.activities.tokenizer import count_tokens
+from temporal_handoff.agent_note import without_notes
 from temporal_handoff.documents.build import build_document
 from temporal_handoff.documents.probe import derive_probes, find_misses, miss_labels
 from temporal_handoff.documents.render import LEVEL_ORDER, default_budgets, render_prompt
@@ -63,7 +64,8 @@ def render_payload(inp: BuildHandoffInput) -> HandoffPayload:
             count=count_tokens,
             calibration=inp.calibration,
         )
-        misses = find_misses(probes, payload.prompt)
+        # What the agent's note says does not count: only the state's own lines do.
+        misses = find_misses(probes, without_notes(payload.prompt))
         at = LEVEL_ORDER.index(payload.level)
         if not misses or at == len(LEVEL_ORDER) - 1:
             break

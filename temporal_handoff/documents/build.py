@@ -42,6 +42,8 @@ MULTI_DAY_PAUSE_S = 8 * 3600.0
 # payload crosses continue-as-new (2 MiB hard limit) and the rest is recallable.
 _DOC_CAP = 60
 _TEXT_CAP = HUMAN_TEXT_CAP_CHARS
+NOTE_DOC_CAP_CHARS = 8_000
+"""The agent's note in the document (the session already cut it to its token budget)."""
 
 
 def _cap(text: str, n: int = _TEXT_CAP) -> str:
@@ -350,6 +352,7 @@ def build_document(state: ProjectState, ctx: HandoffContext) -> HandoffDocument:
             "recent_exchange": len(exchange),
         },
         paused_seconds=ctx.paused_seconds,
+        agent_note=_cap(ctx.agent_note, NOTE_DOC_CAP_CHARS),
     )
 
 

@@ -83,5 +83,10 @@ def to_markdown(doc: HandoffDocument) -> str:
     section("Recent human input", [f"- {clean(x)}" for x in doc.recent_human_input])
     section("Tool state", [f"- {k}: {clean(v)}" for k, v in sorted(doc.tool_state.items())])
     section("Environment", [f"- {k}: {clean(v)}" for k, v in sorted(doc.environment.items())])
+    if doc.agent_note:
+        section(
+            "Agent's note to its successor (its own words, not verified state)",
+            [f"> {line}" if line else ">" for line in doc.agent_note.split("\n")],
+        )
     section("Lookup hints", lookup_lines(doc.lookup, 10_000))
     return "\n".join(out) + "\n"

@@ -9,6 +9,9 @@ per :class:`CompressionLevel`:
 * **Everything else** is packed by priority: whole items while budget remains,
   then ``… and N more (recall with `recall` tool: {...})`` pointers, because the
   successor can read every predecessor generation through the ``recall`` tool.
+* **The agent's note** (its own words, quoted in ``<agent_note>``) has the lowest
+  priority: above the minimal level its first lines get a bounded share of the budget
+  (:data:`NOTE_SHARE`) once the critical items fit; it is trimmed before anything else.
 
 Pure (pydantic + stdlib). Token counting is injected (``count``); the activity
 passes tiktoken, anything else (tests, a workflow fallback) may pass
@@ -18,6 +21,7 @@ passes tiktoken, anything else (tests, a workflow fallback) may pass
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +29,7 @@ from typing import Any
 from temporal_handoff.documents.lines import (
     alt_line,
     blocker_line,
+    clean,
     clip,
     decision_line,
     delta_lines,
@@ -42,7 +47,7 @@ from temporal_handoff.documents.lines import (
     task_line,
     ticked,
 )
-from temporal_handoff.human_text import escape
+from temporal_handoff.human_text import NOTE_KIND, escape
 from temporal_handoff.schemas.config import DEFAULT_LEVEL_BUDGETS, CompressionLevel
 from temporal_handoff.schemas.estimator import approx_tokens
 from temporal_handoff.schemas.handoff import (
@@ -120,7 +125,7 @@ def _block_lines(s: _Section, lk: LookupHints) -> list[str]:
         entries = [
             f'{_LABELS.get(r.key, r.key)}: {r.total} (section "{r.recall}")'
             for r in s.refs
-            if r.total > 0 and r.n_items == 0
+            if r.total > 0 and r.n_items == 0 and r.key != "agent_note"
         ]
         if entries:
             lines.append("; ".join(entries) + ".")
@@ -128,6 +133,12 @@ def _block_lines(s: _Section, lk: LookupHints) -> list[str]:
     kept = s.items[: s.n_items]
     lines += kept[::-1] if s.oldest_first else kept
     omitted = s.total - s.n_items
+    if s.key == "agent_note":
+        # The block closes whatever was kept; the cut is counted outside it (ours).
+        lines.append(f"</{NOTE_KIND}>")
+        if omitted > 0:
+            lines.append(f"({omitted} more line(s) of the note left out for budget)")
+        return lines
     if not s.critical and omitted > 0 and s.key != "since_last_handoff":
         # (The delta's lines are themselves counts; it needs no pointer.)
         lines.append(f"… and {omitted} more {_pointer(lk, s.recall)}")
@@ -178,7 +189,17 @@ _CAPS: dict[str, tuple[int, int, int]] = {
     "files": (0, 4, 12),
     "tool_state": (0, 4, 10),
     "environment": (0, 4, 12),
+    "agent_note": (3, 10, 16),
 }
+
+NOTE_PRIORITY = 1_000
+"""The agent's note is the lowest-priority section: whatever is trimmed, it goes
+first (line by line, from its end)."""
+NOTE_SHARE = 6
+"""Above the minimal level, the note's first lines get up to 1/NOTE_SHARE of the budget
+once the critical items are in (a last-priority note alone would never show: the other
+sections fill a standard budget); at the minimal level it only gets what is left."""
+NOTE_LINE_CHARS = 160
 
 # Packing priority (lower first) per template.
 _PRIORITY: dict[str, dict[str, int]] = {
@@ -285,7 +306,7 @@ def _sections(
     def add(key: str, header: str | None, **kw: Any) -> None:
         s = _Section(key=key, header=header, **kw)
         if not s.critical:
-            s.priority = prio.get(key, 100)
+            s.priority = NOTE_PRIORITY if key == "agent_note" else prio.get(key, 100)
             cap = _CAPS.get(key, (3, 6, 12))[li]
             if template == "multi_day" and key in ("environment", "tool_state", "files"):
                 cap *= 2  # what the successor must re-check after a long pause
@@ -484,6 +505,8 @@ def _sections(
         total=max(doc.total("environment"), len(doc.environment)),
         recall="environment",
     )
+    if doc.agent_note:
+        _note_section(doc, add)
     add(
         "index",
         f"## Not shown (recall with `recall` tool, generation {lk.generation})",
@@ -504,6 +527,29 @@ def _sections(
         droppable=terse,
     )
     return secs
+
+
+def _note_section(doc: HandoffDocument, add: Callable[..., None]) -> None:
+    """The predecessor's note: its own words in an escaped block, after everything the
+    state says, labelled as not verified (`agent_note`)."""
+    gen = doc.agent.generation
+    lines = [
+        escape(line)
+        for paragraph in doc.agent_note.split("\n")
+        for line in textwrap.wrap(clean(paragraph), NOTE_LINE_CHARS)
+    ]
+    if not lines:
+        return
+    add(
+        "agent_note",
+        f"## Note from your predecessor (generation {gen}), in its own words\n"
+        "Context only, not verified state: where it disagrees with the sections above, "
+        "they are right.\n"
+        f'<{NOTE_KIND} generation="{gen}">',
+        items=lines,
+        total=len(lines),
+        recall="notes",
+    )
 
 
 def _free_form_sections(doc: HandoffDocument, n: int, add: Callable[..., None]) -> None:
@@ -736,6 +782,22 @@ def _pack(
     # everything is recallable); above it, the index is reserved first.
     if level != CompressionLevel.MINIMAL:
         try_index()
+        note = next((s for s in optional if s.key == "agent_note"), None)
+        if note is not None:
+            # Its reserved share: lines while they fit in 1/NOTE_SHARE of the budget.
+            while note.n_items < min(note.cap, len(note.items)):
+                before = cost(note) if note.included else 0
+                note.n_items += 1
+                was, note.included = note.included, True
+                after = cost(note)
+                if (
+                    calibrated(after) > budget // NOTE_SHARE
+                    or calibrated(used + after - before) > limit
+                ):
+                    note.n_items -= 1
+                    note.included = was
+                    break
+                used += after - before
     for s in optional:
         while s.n_items < min(s.cap, len(s.items)):
             before = (cost(s) if s.included else 0) + (cost(index) if index.included else 0)

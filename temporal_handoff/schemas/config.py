@@ -143,6 +143,19 @@ class SessionConfig(DurableModel):
     """With `cache_ttl="auto"`: a human wait (or a gap between calls) at least this
     long, in workflow time, counts as outlasting the 5-minute cache. 300 s matches the
     API; tests that simulate long waits on the fake's cache clock set it lower."""
+    handoff_note: bool = Field(default=True, strict=True)
+    """At each handoff, ask the model once (one bounded turn, text only: a reply that
+    calls a tool is no note, and its calls never run) for a short note to its successor:
+    what it was doing, what it learned that no state tool recorded. The note is shown
+    to the successor quoted in `<agent_note>`, as the predecessor's words, never as
+    state, and is the first thing left out when the continuation prompt's budget is
+    tight. Skipped when the turn would overflow the window (the
+    pre-flight), after an overflow, or on any error or timeout: the handoff never waits
+    on it. Its tokens go into the ledger (`TokenLedger.note_calls`)."""
+    handoff_note_max_tokens: int = Field(default=400, ge=1, le=128_000)
+    """`max_tokens` of the note turn (the note is cut to about 4 characters a token)."""
+    handoff_note_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """Time the note turn may take, retries included; then the handoff goes on without."""
     search_attributes: bool = True
     """Upsert the Agent* search attributes (they must be registered on the namespace)."""
     agent_type: str = Field(default="claude-agent", max_length=64)
@@ -172,6 +185,11 @@ class SessionConfig(DurableModel):
                 raise ValueError(
                     f"max_tokens: {self.max_tokens} > {limit}, the output limit of "
                     f"{field} {model}"
+                )
+            if limit is not None and self.handoff_note and self.handoff_note_max_tokens > limit:
+                raise ValueError(
+                    f"handoff_note_max_tokens: {self.handoff_note_max_tokens} > {limit}, the "
+                    f"output limit of {field} {model}"
                 )
         reserved = {"recall", *STATE_TOOL_NAMES}
         for tool in self.user_tools:

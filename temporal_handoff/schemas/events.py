@@ -66,6 +66,8 @@ class SealRequest(DurableModel):
     """How many deltas' events the session sent; the child checks it has them all."""
     events: list[StateEvent] = Field(default_factory=list)
     """The last events, sent with the seal instead of a separate delta."""
+    agent_note: str = ""
+    """The model's note to its successor (`agent_note`), "" if none was asked or given."""
 
 
 class RecallRequest(DurableModel):

@@ -104,6 +104,8 @@ class HandoffContext(DurableModel):
     """Longest pause this generation; a long one selects the multi-day template."""
     template: str | None = None
     """Override of the automatic template choice (one of :data:`TEMPLATES`)."""
+    agent_note: str = ""
+    """The predecessor model's own note to its successor (`agent_note`; "" if none)."""
 
     @field_validator("template")
     @classmethod
@@ -334,6 +336,10 @@ class HandoffDocument(DurableModel):
     totals: dict[str, int] = Field(default_factory=dict)
     """Full item count per section in the state (the lists above may be capped)."""
     paused_seconds: float = 0.0
+    agent_note: str = ""
+    """The predecessor model's note to its successor, in its own words: shown quoted
+    in an ``<agent_note>`` block, never trusted as state, dropped first when the
+    prompt's budget is tight ("" if none)."""
 
     # ---- reads ------------------------------------------------------------------
     def critical_ids(self) -> list[str]:

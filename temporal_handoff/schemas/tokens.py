@@ -220,6 +220,9 @@ class TokenLedger(DurableModel):
     zero_call_generations: int = 0
     """How many generations in a row, up to this one's predecessor, ended without a
     model call (a handoff from a generation whose first call did not fit)."""
+    note_calls: int = 0
+    """Of `calls`, the handoff-note turns (`SessionConfig.handoff_note`): one per handoff
+    at most; their usage is in the spend, not in any context's occupancy."""
     stats: dict[str, FieldStats] = Field(
         default_factory=lambda: {f: FieldStats() for f in USAGE_FIELDS}
     )
@@ -385,6 +388,20 @@ class TokenLedger(DurableModel):
         self.peak_prompt_tokens = max(self.peak_prompt_tokens, prompt)
         self.calls += 1
         self.calls_this_generation += 1
+        for f in USAGE_FIELDS:
+            self.stats[f].add(getattr(usage, f))
+        self.cost_usd += usage_cost_usd(usage, model)
+        for kind, usd in usage_cost_by_kind(usage, model).items():
+            self.cost_by_kind[kind] = self.cost_by_kind.get(kind, 0.0) + usd
+        self.cache_write_1h_tokens += usage.cache_creation_1h_input_tokens
+
+    def record_note(self, usage: TokenUsage, model: str) -> None:
+        """Add a handoff-note turn: a call (spend, counts) whose prompt and answer stay
+        out of every context, so occupancy and the estimator's fit are left alone."""
+        self.calls += 1
+        self.calls_this_generation += 1
+        self.note_calls += 1
+        self.peak_prompt_tokens = max(self.peak_prompt_tokens, usage.prompt_tokens)
         for f in USAGE_FIELDS:
             self.stats[f].add(getattr(usage, f))
         self.cost_usd += usage_cost_usd(usage, model)

@@ -18,10 +18,13 @@ TOTAL_TOKENS = SearchAttributeKey.for_int("AgentTotalTokens")
 COST_USD = SearchAttributeKey.for_float("AgentCostUsd")
 NEEDS_HUMAN = SearchAttributeKey.for_bool("NeedsHuman")
 """True while the session waits for a human decision (an open HUMAN_DECISION blocker)."""
+PROBE_MISSES = SearchAttributeKey.for_int("HandoffProbeMisses")
+"""Critical items missing from the last handoff's continuation prompt (its probe, after
+escalating to the top level); unset until the session's first handoff."""
 
 ALL_KEYS: list[SearchAttributeKey] = [
     GENERATION, CONTEXT_PCT, LIFECYCLE, PROJECT, USER, AGENT_TYPE, TOTAL_TOKENS, COST_USD,
-    NEEDS_HUMAN,
+    NEEDS_HUMAN, PROBE_MISSES,
 ]
 
 def cli_type(key: SearchAttributeKey) -> str:
@@ -49,8 +52,11 @@ def search_attribute_updates(
     total_tokens: int,
     cost_usd: float,
     needs_human: bool | None = None,
+    probe_misses: int | None = None,
 ) -> list[SearchAttributeUpdate]:
     extra = [] if needs_human is None else [NEEDS_HUMAN.value_set(needs_human)]
+    if probe_misses is not None:
+        extra.append(PROBE_MISSES.value_set(probe_misses))
     return extra + [
         GENERATION.value_set(generation),
         CONTEXT_PCT.value_set(round(context_pct, 2)),

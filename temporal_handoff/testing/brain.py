@@ -20,6 +20,9 @@ Protocol the brain follows (the workflow speaks it):
 * Ids already acted on (``complete_task``, ``fail_task``, ``add_blocker``
   tool uses) after that line are skipped: the brain acts on an id again only
   when a newer line announces it.
+* The session's request for a handoff note (`agent_note.NOTE_REQUEST_MARKER` in the
+  last user message): a short note text, no tools (``note_text``, or a line naming the
+  tasks its last reply acted on).
 * ``ALL TASKS COMPLETE`` in the last user message: final text, no tools.
 * ``AWAITING DECISION`` in the last user message: text, no tools.
 * Text inside human blocks (``<human_message …>…</human_message>``,
@@ -43,6 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from temporal_handoff.agent_note import is_note_request
 from temporal_handoff.human_text import strip_quoted
 from temporal_handoff.schemas.model_io import block_text, message_text, prompt_text
 
@@ -242,6 +246,7 @@ class ScriptedAgentBrain:
         fail_first: Iterable[str] = (),
         intro_text: bool = True,
         empty_turn_every: int = 0,
+        note_text: str | None = None,
     ) -> None:
         """Configure the agent.
 
@@ -258,6 +263,8 @@ class ScriptedAgentBrain:
                 ("Working on `X`."), as real models usually do.
             empty_turn_every: End the turn with empty content after tool results when
                 the hash of their ids modulo this is 0 (about one in N). 0: never.
+            note_text: The answer to the session's handoff-note request (None: a line
+                naming the tasks of its last reply).
         """
         if tasks_per_turn < 1:
             raise ValueError("tasks_per_turn must be >= 1")
@@ -270,6 +277,7 @@ class ScriptedAgentBrain:
         self.fail_first = frozenset(fail_first)
         self.intro_text = intro_text
         self.empty_turn_every = empty_turn_every
+        self.note_text = note_text
 
     # ---- configuration predicates ------------------------------------------------
     def wants_decision(self, task_id: str) -> bool:
@@ -292,11 +300,28 @@ class ScriptedAgentBrain:
         ids = ",".join(str(b.get("tool_use_id")) for b in content)
         return stable_hash(f"empty-turn:{ids}") % self.empty_turn_every == 0
 
+    def _note(self, request: dict[str, Any]) -> str:
+        """A short note to its successor: the tasks its last reply acted on."""
+        if self.note_text is not None:
+            return self.note_text
+        acted: list[str] = []
+        for event in reversed(_prompt_events(request)):
+            if isinstance(event, _ToolUse) and (task := _acted_task_id(event)) is not None:
+                acted.append(task)
+            elif acted and isinstance(event, str):
+                break
+        if not acted:
+            return "I had not acted on any task yet in this generation; nothing unrecorded."
+        ids = ", ".join(f"`{t}`" for t in reversed(acted))
+        return f"I was last working on {ids}; everything I did is recorded with the state tools."
+
     # ---- the agent ---------------------------------------------------------------
     def respond(self, request: dict[str, Any]) -> BrainReply:
         """Decide the next step from the request alone."""
         messages: list[dict[str, Any]] = list(request.get("messages") or [])
         last_user = _last_user_text(messages)
+        if is_note_request(last_user):
+            return BrainReply(content=[_text(self._note(request))])
         if ALL_TASKS_COMPLETE in last_user:
             return BrainReply(content=[_text("All tasks are complete.")])
         if AWAITING_DECISION in last_user:

@@ -15,6 +15,8 @@ agent forgets too. It speaks the session's conversation protocol:
   the greeting, or after a handoff a resume line quoting the last human block of the
   handoff (in the system prompt), if the handoff kept one.
 * A question no exchange matches gets ``fallback``.
+* The session's handoff-note request (`agent_note`): ``note``, with the question it was
+  answering last, no tools.
 
 ``filler_words`` pads every reply with deterministic text, so a small window fills and
 the session hands off.
@@ -27,7 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from temporal_handoff.schemas.model_io import block_text, prompt_text
+from temporal_handoff.agent_note import is_note_request
+from temporal_handoff.schemas.model_io import block_text, message_text, prompt_text
 from temporal_handoff.schemas.transcript import human_text, split_human
 from temporal_handoff.testing.brain import BrainReply, filler
 
@@ -69,10 +72,16 @@ class ConversationBrain:
     resume: str = "I am the next generation of this session; you last said: {last}"
     fallback: str = "I cannot help with that yet: {question}"
     filler_words: int = 0
+    note: str = "I was answering the human's last question: {question}"
 
     def respond(self, request: dict[str, Any]) -> BrainReply:
         messages: list[dict[str, Any]] = list(request.get("messages") or [])
         asked_at, question = self._question(messages)
+        if messages and messages[-1].get("role") == "user" and is_note_request(
+            message_text(messages[-1])
+        ):
+            text = self.note.format(question=question or "(none yet)")
+            return BrainReply(content=[{"type": "text", "text": text}])
         if question is None:
             return self._reply(request, [self._opening(request)], [])
         rule = next((x for x in self.exchanges if x.when.lower() in question.lower()), None)

@@ -23,6 +23,10 @@ What it infers, and from where:
   trusted to list all of it; one that does not, while it leaves todos or files to
   `recall`, makes the agent look before it starts a two-step task over.
 
+Its predecessor's ``<agent_note>`` is skipped (a note is not state; the fidelity score
+must measure what the state carried), and it answers the session's note request with a
+note that names no task.
+
 When something it needs is not in the prompt but the handoff points at `recall`, it
 calls `recall` (once per section and generation), as a model should. With
 ``blank_handoff=True`` it ignores the continuation prompt (the control: a session whose
@@ -38,6 +42,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from temporal_handoff.agent_note import is_note_request, without_notes
 from temporal_handoff.schemas.model_io import block_text, message_text, prompt_text
 from temporal_handoff.testing.brain import (
     AWAITING_DECISION,
@@ -111,6 +116,7 @@ def _view(request: dict[str, Any], blank: bool) -> _View:
     sys_text = system if isinstance(system, str) else "\n".join(block_text(b) for b in system or [])
     if blank and HANDOFF_HEADER in sys_text:
         sys_text = sys_text.split(HANDOFF_HEADER, 1)[0] + HANDOFF_HEADER + "\n(nothing)\n"
+    sys_text = without_notes(sys_text)
     parts = [sys_text]
     uses: list[tuple[str, str, dict[str, Any]]] = []
     results: dict[str, tuple[str, bool]] = {}
@@ -392,6 +398,9 @@ class PayloadAgent:
         if any(NEXT_ELIGIBLE_RE.search(t) for t in later):
             with self._lock:
                 self.progress_hints_seen += 1
+        if is_note_request(v.last_user):
+            note = "I worked through the plan in order; my progress is in the state tools."
+            return BrainReply(content=[{"type": "text", "text": note}])
         if AWAITING_DECISION in v.last_user:
             return BrainReply(content=[{"type": "text", "text": "Waiting for the human decision."}])
         plan = _plan(_system_text(request))

@@ -169,7 +169,7 @@ def billed_in_failure(err: BaseException) -> BilledAnswers:
     return best
 
 
-def _error_parts(err: ActivityError) -> tuple[Any, str]:
+def error_parts(err: ActivityError) -> tuple[Any, str]:
     cause = err.cause
     if isinstance(cause, ApplicationError):
         details = cause.details[0] if cause.details else {}
@@ -206,7 +206,7 @@ async def call_model(
         return ModelOutcome(interrupted=True)
     except ActivityError as err:
         billed = billed_in_failure(err)
-        status, message = _error_parts(err)
+        status, message = error_parts(err)
         if status == 413 or "prompt is too long" in message:
             return ModelOutcome(overflow=True, overflow_message=message, failed_billed=billed)
         if "exceed context limit" in message and workflow.patched("overflow-forms-1"):

@@ -23,6 +23,10 @@ RUN_SUMMARY_PATCH = "run-summary-1"
 carries the handoff payload's token count and level beside its summary."""
 
 
+PROBE_MISSES_SA_PATCH = "probe-misses-sa-1"
+"""From this patch on: the `HandoffProbeMisses` search attribute."""
+
+
 def summary_line(state: ProjectState, generation: int) -> str:
     """What `handoff start` puts in `static_summary`, for every run.
 
@@ -90,6 +94,12 @@ def upsert(
         workflow.upsert_memo(memo)
     if not cfg.search_attributes:
         return
+    # The last handoff's probe misses (a payload that was probed), from patch
+    # "probe-misses-sa-1" on: `HandoffProbeMisses > 0` lists sessions whose successor
+    # started without some critical item in its prompt.
+    probe_misses = None
+    if payload is not None and payload.probes and workflow.patched(PROBE_MISSES_SA_PATCH):
+        probe_misses = payload.probe_missed
     workflow.upsert_search_attributes(
         search_attribute_updates(
             generation=generation,
@@ -101,6 +111,7 @@ def upsert(
             total_tokens=ledger.total_tokens,
             cost_usd=ledger.cost_usd,
             needs_human=needs_human,
+            probe_misses=probe_misses,
         )
     )
 

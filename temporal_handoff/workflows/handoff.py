@@ -115,6 +115,7 @@ class HandoffWorkflow:
             tool_state=seal.tool_state,
             paused_seconds=seal.paused_seconds,
             template=seal.template,
+            agent_note=seal.agent_note,
         )
         workflow.set_current_details(
             f"sealed ({seal.reason.value}); {len(self._events)} events since last handoff"

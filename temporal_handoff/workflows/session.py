@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.workflows import _first_call as first_call
     from temporal_handoff.workflows import _free_form as free_form
     from temporal_handoff.workflows import _model_turn as turn_io
+    from temporal_handoff.workflows import _note_turn as note_io
     from temporal_handoff.workflows import _visibility as vis
     from temporal_handoff.workflows._book import Phase, SessionBook
     from temporal_handoff.workflows._cache_ttl import CacheTtlPolicy
@@ -157,6 +158,8 @@ class AgentSessionWorkflow:
         """The prompt-cache TTL of each call (1 h when the human waits make it pay)."""
         self._closing: tuple[TerminationReason, str, bool] | None = None
         """Set once the session is finishing (a cancel then finishes the same way)."""
+        self._overflowed = False
+        """The API said this generation's prompt overflowed the window (no note turn)."""
         # Human text reaches the model quoted and escaped, so it cannot forge control
         # lines; sessions recorded before replay it bare.
         self._book.quote_human = workflow.patched("quote-human-text-1")
@@ -558,6 +561,7 @@ class AgentSessionWorkflow:
                 self._messages.append({"role": "assistant", "content": resp.content})
             self._known_upto = len(self._messages)
             if resp.stop_reason == "model_context_window_exceeded":
+                self._overflowed = True
                 raise _Handoff(TerminationReason.CONTEXT_HANDOFF)
 
             tool_uses = [b for b in resp.content if b.get("type") == "tool_use"]
@@ -803,6 +807,7 @@ class AgentSessionWorkflow:
         if lost.answers and workflow.patched("billed-usage-1"):
             self._ledger.record_lost(lost.usage, self._model, lost.answers)
         if out.overflow:
+            self._overflowed = True
             if (
                 self._ledger.calls_this_generation == 0
                 and self._handoff_cannot_help()
@@ -1039,8 +1044,9 @@ class AgentSessionWorkflow:
         book.phase = Phase.SEALING
         self._set_details()
         self._show_wait()
+        note = await self._agent_note()
         try:
-            payload = await self._sealed_payload(reason, fast)
+            payload = await self._sealed_payload(reason, fast, note)
         except (ChildWorkflowError, ActivityError) as err:
             if _is_cancellation(err):
                 raise  # a Temporal cancel (abort), handled by run()
@@ -1089,7 +1095,39 @@ class AgentSessionWorkflow:
             )
         workflow.continue_as_new(nxt)
 
-    async def _sealed_payload(self, reason: TerminationReason, fast: bool) -> HandoffPayload:
+    async def _agent_note(self) -> str:
+        """The model's note to its successor (one bounded turn, `_note_turn`), or ""."""
+        if not self._cfg.handoff_note or not workflow.patched(note_io.NOTE_PATCH):
+            return ""
+        if self._overflowed:
+            outcome = note_io.NoteOutcome(skipped="the context overflowed")
+        elif self._ledger.calls_this_generation == 0:
+            # Nothing happened since the seed (a first call that did not fit, or a flush
+            # before any turn); and a note call would hide a zero-call generation from
+            # the first-call guard (`ledger.zero_call_generations`).
+            outcome = note_io.NoteOutcome(skipped="no model turn in this generation")
+        elif self._book.paused:
+            outcome = note_io.NoteOutcome(skipped="the session is paused")
+        else:
+            outcome = await note_io.note_turn(
+                self._cfg,
+                self._ledger,
+                self._model,
+                system=self._system(self._inp.handoff),
+                messages=self._messages,
+                tools=self._tools(),
+                known_upto=self._known_upto,
+                generation=self._generation,
+                turn=self._turn,
+            )
+        if outcome.skipped:
+            workflow.logger.info("handoff note skipped: %s", outcome.skipped)
+        workflow.upsert_memo({"handoff_note": outcome.memo()})
+        return outcome.text
+
+    async def _sealed_payload(
+        self, reason: TerminationReason, fast: bool, note: str = ""
+    ) -> HandoffPayload:
         """The payload from the child, or built here if the child is gone (reset,
         terminated).
 
@@ -1097,14 +1135,14 @@ class AgentSessionWorkflow:
             ChildWorkflowError, ActivityError: the payload cannot be built.
         """
         if self._link.started:
-            seal = self._seal_request(reason)
+            seal = self._seal_request(reason, note)
             if fast:
                 seal.events = self._link.take_rest(self._book.events)
             try:
                 return await self._link.seal(seal)
             except ChildGone as gone:
                 workflow.logger.warning("handoff child gone (%s); building the payload here", gone)
-        return await self._build_payload(reason)
+        return await self._build_payload(reason, note)
 
     async def _handoff_failed(self, message: str) -> SessionResult:
         """No successor can start: end with the full state, nothing dropped."""
@@ -1141,8 +1179,9 @@ class AgentSessionWorkflow:
         for cmd in queued:
             self._log_unapplied(cmd, commands.apply(book, cmd))
 
-    def _seal_request(self, reason: TerminationReason) -> SealRequest:
+    def _seal_request(self, reason: TerminationReason, note: str = "") -> SealRequest:
         return SealRequest(
+            agent_note=note,
             reason=reason,
             ledger=self._ledger,
             recent_human_input=self._book.recent_human[-10:],
@@ -1219,7 +1258,7 @@ class AgentSessionWorkflow:
             )
             return None
 
-    async def _build_payload(self, reason: TerminationReason) -> HandoffPayload:
+    async def _build_payload(self, reason: TerminationReason, note: str = "") -> HandoffPayload:
         """Build the payload in this run (`build_handoff` activity), without a child.
 
         Raises:
@@ -1239,6 +1278,7 @@ class AgentSessionWorkflow:
             recent_human_input=book.recent_human[-10:],
             recent_exchange=self._exchange(),
             paused_seconds=self._longest_pause,
+            agent_note=note,
         )
         return await build_payload(
             book.state, ctx, self._cfg.compression_level, self._cfg.level_budgets,
