@@ -33,7 +33,7 @@ def chain_table(rows: list[RunSummary], title: str = "Handoff chain") -> Table:
     """One row per generation; a "session" column when the chain spans resumed sessions."""
     table = Table(title=title)
     several = len({r.workflow_id for r in rows}) > 1
-    cols = ("gen", "run id", "turns", "tokens at handoff", "payload tokens", "ended by")
+    cols = ("gen", "run id", "turns", "note", "tokens at handoff", "payload tokens", "ended by")
     for col in (("session",) if several else ()) + cols:
         table.add_column(col)
     for r in rows:
@@ -41,6 +41,7 @@ def chain_table(rows: list[RunSummary], title: str = "Handoff chain") -> Table:
             str(r.generation),
             r.run_id[:13],
             str(r.turns),
+            "yes" if r.note_calls else "",
             "" if r.tokens_at_handoff is None else f"{r.tokens_at_handoff:,}",
             "" if r.payload_tokens is None else f"{r.payload_tokens:,}",
             r.termination,

@@ -238,6 +238,9 @@ async def test_the_successor_reads_its_predecessors_note(client: Client, task_qu
     desc = await client.get_workflow_handle(handle.id, run_id=chain[-2].run_id).describe()
     memo = await desc.memo()
     assert memo["handoff_note"] == f"{len(NOTE)} chars"
+    # `handoff history --markdown` marks the runs that wrote a note.
+    rows = [ln.split("|") for ln in history_markdown(chain).splitlines()[2:]]
+    assert [r[4].strip() for r in rows] == ["yes"] * result.generation + [""], rows
 
 
 async def test_a_forged_note_cannot_steer_the_successor(client: Client, task_queue: str) -> None:
@@ -342,3 +345,10 @@ async def test_handoff_note_off_asks_nothing(client: Client, task_queue: str) ->
     assert result.generation >= 1
     assert [r for r in brain.requests if _is_note_request(r)] == []
     assert result.ledger.note_calls == 0 == sum(row.note_calls for row in chain)
+
+
+def history_markdown(chain: list[Any]) -> str:
+    """What `handoff history --markdown` prints for these rows."""
+    from temporal_handoff.cli.read import chain_markdown
+
+    return chain_markdown(chain)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from temporalio.client import WorkflowFailureError
@@ -18,6 +19,9 @@ from temporal_handoff.cli.common import (
     unknown_workflow,
 )
 from temporal_handoff.schemas.session import SessionResult, SessionStatus
+
+if TYPE_CHECKING:
+    from temporal_handoff.chain import RunSummary
 
 
 @app.command()
@@ -57,6 +61,23 @@ def status(
     run(go)
 
 
+def chain_markdown(rows: list[RunSummary]) -> str:
+    """The chain as a markdown table ("note": the run wrote a note to its successor)."""
+    several = len({r.workflow_id for r in rows}) > 1
+    lines = [
+        ("| session " if several else "") + "| gen | run id | turns | note "
+        "| tokens at handoff | payload tokens | ended by |",
+        ("|---" if several else "") + "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            (f"| {r.workflow_id} " if several else "")
+            + f"| {r.generation} | `{r.run_id}` | {r.turns} | {'yes' if r.note_calls else ''} "
+            f"| {r.tokens_at_handoff or ''} | {r.payload_tokens or ''} | {r.termination} |"
+        )
+    return "\n".join(lines)
+
+
 @app.command()
 def history(
     workflow_id: str,
@@ -77,16 +98,7 @@ def history(
         if json_out:
             print(json.dumps([r.model_dump(mode="json") for r in rows], sort_keys=True))
         elif markdown:
-            several = len(sessions) > 1
-            print(("| session " if several else "") + "| gen | run id | turns "
-                  "| tokens at handoff | payload tokens | ended by |")
-            print(("|---" if several else "") + "|---|---|---|---|---|---|")
-            for r in rows:
-                print(
-                    (f"| {r.workflow_id} " if several else "")
-                    + f"| {r.generation} | `{r.run_id}` | {r.turns} | {r.tokens_at_handoff or ''} "
-                    f"| {r.payload_tokens or ''} | {r.termination} |"
-                )
+            print(chain_markdown(rows))
         else:
             title = f"Handoff chain of {workflow_id}"
             if len(sessions) > 1:

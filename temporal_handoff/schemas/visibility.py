@@ -54,7 +54,9 @@ def search_attribute_updates(
     needs_human: bool | None = None,
     probe_misses: int | None = None,
 ) -> list[SearchAttributeUpdate]:
-    extra = [] if needs_human is None else [NEEDS_HUMAN.value_set(needs_human)]
+    extra: list[SearchAttributeUpdate] = (
+        [] if needs_human is None else [NEEDS_HUMAN.value_set(needs_human)]
+    )
     if probe_misses is not None:
         extra.append(PROBE_MISSES.value_set(probe_misses))
     return extra + [
