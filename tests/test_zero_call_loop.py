@@ -231,3 +231,49 @@ async def _until(read: Any, predicate: Any) -> Any:
         if predicate(value):
             return value
         await asyncio.sleep(0.1)
+
+
+async def test_a_first_reply_that_cannot_grow_raises_a_blocker_not_a_handoff_loop(
+    client: Client, task_queue: str
+) -> None:
+    """Prompt ≈ 4,700 of an 8,000 window: the first call goes out with max_tokens lowered
+    to 800 and the model's reply (two long task summaries) is cut; the doubled call is
+    refused and the session hands off. Its successor's first prompt is as large (before
+    patch first-call-cut-1 every generation made one cut call and handed off, to
+    max_generations): generation 1's cut reply raises the max_tokens blocker, saying why."""
+    from temporal_handoff.schemas.session import AbortArgs, SessionStatus
+
+    brain = ScriptedAgentBrain(tasks_per_turn=2, summary_words=1_500)
+    with FakeAnthropicServer(brain=brain) as fake:
+        async with running_worker(client, task_queue, fake.base_url):
+            handle = await start_session(
+                client, task_queue, synthetic_project(12, 2), prefix="zero-cut",
+                context_window=8_000, max_tokens=4_096, system_prompt=dense_prompt(100),
+                max_generations=6,
+            )
+
+            async def blocked_or_closed() -> SessionStatus | None:
+                while True:
+                    desc = await handle.describe()
+                    if desc.status is not None and desc.status.name != "RUNNING":
+                        return None
+                    st = await handle.query("status", result_type=SessionStatus)
+                    if any("max_tokens" in str(b) for b in st.open_blockers):
+                        return st
+                    await asyncio.sleep(0.2)
+
+            st = await waits.guarded(client, handle.id, blocked_or_closed(), "a blocker or the end", CAP)
+            if st is None:
+                result = await handle.result()
+                rows = await chain_of(client, handle)
+                raise AssertionError(
+                    f"no blocker: {result.reason.value}: {result.message}; {calls_per_generation(rows)}"
+                )
+            await handle.signal("abort", AbortArgs(reason="seen"))
+            result = await handle.result()
+            await chain_of(client, handle)  # no failing workflow task anywhere
+    assert st.generation == 1, st.generation
+    (blocker,) = [str(b) for b in st.open_blockers if "max_tokens" in str(b)]
+    assert "cannot grow" in blocker, blocker
+    full = result.project.model_dump_json()
+    assert "another handoff would not help" in full and "Raise context_window" in full

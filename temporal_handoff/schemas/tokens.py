@@ -218,8 +218,12 @@ class TokenLedger(DurableModel):
     calls: int = 0
     calls_this_generation: int = 0
     zero_call_generations: int = 0
-    """How many generations in a row, up to this one's predecessor, ended without a
-    model call (a handoff from a generation whose first call did not fit)."""
+    """How many generations in a row, up to this one's predecessor, ended without
+    progress: no model call (its first call did not fit) or no reply kept (every reply
+    cut at `max_tokens`)."""
+    replies_kept_this_generation: int | None = None
+    """Replies of this generation kept in the conversation (a reply cut at `max_tokens`
+    is not); None in ledgers from before it was counted."""
     note_calls: int = 0
     """Of `calls`, the handoff-note turns (`SessionConfig.handoff_note`): one per handoff
     at most; their usage is in the spend, not in any context's occupancy."""
@@ -426,9 +430,10 @@ class TokenLedger(DurableModel):
         nxt = self.model_copy(deep=True)
         nxt.occupancy = 0
         nxt.pending_estimate = 0
-        nxt.zero_call_generations = (
-            self.zero_call_generations + 1 if self.calls_this_generation == 0 else 0
-        )
+        kept = self.replies_kept_this_generation
+        progressed = self.calls_this_generation > 0 if kept is None else kept > 0
+        nxt.zero_call_generations = 0 if progressed else self.zero_call_generations + 1
+        nxt.replies_kept_this_generation = 0
         nxt.calls_this_generation = 0
         nxt.last_prompt_tokens = 0
         if context_window is not None:

@@ -29,6 +29,10 @@ from temporal_handoff.schemas.estimator import COUNT_TOKENS_MARGIN
 from temporal_handoff.schemas.model_io import ModelResponse
 
 ZERO_CALL_PATCH = "zero-call-guard-1"
+FIRST_CALL_CUT_PATCH = "first-call-cut-1"
+"""A generation with no reply kept, seeded by a generation that made no progress either,
+raises the max_tokens blocker when its reply is cut instead of growing it (refused) and
+handing off again (its successor's first prompt would be as large)."""
 
 FIX = (
     "Fix: raise context_window (or use a model with a larger window), lower max_tokens, "

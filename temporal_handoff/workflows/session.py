@@ -549,6 +549,8 @@ class AgentSessionWorkflow:
                 self._cut_at_max_tokens(resp)
                 continue
             self._max_tokens_retries = 0
+            if self._ledger.replies_kept_this_generation is not None:
+                self._ledger.replies_kept_this_generation += 1
             if workflow.patched("no-empty-turns-1"):
                 # Claude may end a turn with `content: []` (typically after tool results)
                 # or a blank text block; the API rejects both when sent back, so they are
@@ -599,8 +601,8 @@ class AgentSessionWorkflow:
             await self._after_turn()
 
     def _handoff_cannot_help(self) -> bool:
-        """This generation's first call does not fit, and neither did its predecessor's
-        (a seed with no model call in between): another handoff would only repeat it."""
+        """This generation is seeded by a handoff from a generation that made no progress
+        (no call fitted, or every reply was cut): another handoff would only repeat it."""
         return self._inp.handoff is not None and self._ledger.zero_call_generations > 0
 
     def _first_call_refused(self, resp: ModelResponse) -> str | None:
@@ -637,20 +639,39 @@ class AgentSessionWorkflow:
             self._ledger.output_limit or 128_000,
             self._cfg.max_tokens_room(self._ledger.context_window),
         )
+        no_room = ""
         if (
             self._cfg.on_max_tokens == "retry"
             and self._max_tokens_retries < MAX_TOKENS_RETRIES
             and current < cap
         ):
-            self._turn_max_tokens = min(cap, current * 2)
-            self._max_tokens_retries += 1
-            return
+            if (
+                # No reply kept in this generation, nor in the one before it (a handoff
+                # already failed to make room): growing the reply would be refused and
+                # hand off again, generation after generation, each call cut.
+                self._ledger.replies_kept_this_generation == 0
+                and self._handoff_cannot_help()
+                and workflow.patched(first_call.FIRST_CALL_CUT_PATCH)
+            ):
+                no_room = (
+                    f" This generation's first prompt is {resp.usage.prompt_tokens:,} tokens of "
+                    f"a {self._ledger.context_window:,}-token window, and the previous "
+                    "generation's first replies were cut too: the reply cannot grow and "
+                    "another handoff would not help. Raise context_window (or use a model "
+                    "with a larger window) or shorten the system prompt and tools."
+                )
+            else:
+                self._turn_max_tokens = min(cap, current * 2)
+                self._max_tokens_retries += 1
+                return
         self._turn_max_tokens, self._max_tokens_retries = None, 0
         uses = sum(1 for b in resp.content if b.get("type") == "tool_use")
         self._model_blocker(
-            f"max_tokens: the model's reply was cut at max_tokens={current} "
-            f"(stop_reason max_tokens); its {uses} tool call(s) were not run. Raise "
+            f"max_tokens: the model's reply was cut at max_tokens={current}"
+            + (" and cannot grow" if no_room else "")
+            + f" (stop_reason max_tokens); its {uses} tool call(s) were not run. Raise "
             "max_tokens (within the model's output limit) or ask for shorter replies."
+            + no_room
         )
 
     def _awaiting_text(self) -> str:
