@@ -17,7 +17,7 @@ import json
 import uuid
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from typer.testing import CliRunner
 
 from temporal_handoff.chain import RunSummary, session_chain
@@ -184,7 +184,7 @@ async def test_human_text_that_fills_a_first_call_hands_off_instead_of_stopping(
     (within its budget) and the session goes on. Only a second zero-call generation in a
     row stops. (The 500-command storm met this with bursts of `say`.)"""
     from temporal_handoff.schemas.lifecycle import LifecycleState
-    from temporal_handoff.schemas.session import SayArgs, SessionStatus
+    from temporal_handoff.schemas.session import SayArgs
 
     with FakeAnthropicServer(brain=ScriptedAgentBrain(tasks_per_turn=1)) as fake:
         async with running_worker(client, task_queue, fake.base_url):
@@ -193,16 +193,12 @@ async def test_human_text_that_fills_a_first_call_hands_off_instead_of_stopping(
                 context_window=4_000, max_tokens=300, max_generations=8,
             )
 
-            async def status() -> SessionStatus:
-                return await handle.query("status", result_type=SessionStatus)
-
-            await waits.guarded(client, handle.id, _until(status, lambda s: s.turn >= 2), "2 turns", CAP)
+            await waits.wait_status(client, handle.id, lambda s: s.turn >= 2, "2 turns", CAP)
             await handle.signal("pause")
-            await waits.guarded(
-                client, handle.id, _until(status, lambda s: s.lifecycle == LifecycleState.PAUSED),
-                "paused", CAP,
+            paused = await waits.wait_status(
+                client, handle.id, lambda s: s.lifecycle == LifecycleState.PAUSED, "paused", CAP
             )
-            gen = (await status()).generation
+            gen = paused.generation
             said = 0
             for i in range(12):  # as many as the inbox takes: more than fits beside the prompt
                 # Checksums: dense text (~2 characters a token) that the say check's
@@ -213,7 +209,7 @@ async def test_human_text_that_fills_a_first_call_hands_off_instead_of_stopping(
                 try:
                     await handle.execute_update("say", SayArgs(text=text), result_type=str)
                     said += 1
-                except Exception:  # the inbox is full: enough
+                except WorkflowUpdateFailedError:  # the inbox is full: enough
                     break
             await handle.signal("flush")
             await handle.signal("resume")
@@ -223,14 +219,6 @@ async def test_human_text_that_fills_a_first_call_hands_off_instead_of_stopping(
     refused_first = [r for r in rows if r.generation > gen and r.turns == 0]
     assert refused_first, f"no first call was refused (the says did not fill it): {report}"
     assert result.reason == TerminationReason.TASK_COMPLETED, report
-
-
-async def _until(read: Any, predicate: Any) -> Any:
-    while True:
-        value = await read()
-        if predicate(value):
-            return value
-        await asyncio.sleep(0.1)
 
 
 async def test_a_first_reply_that_cannot_grow_raises_a_blocker_not_a_handoff_loop(

@@ -392,6 +392,10 @@ class TokenLedger(DurableModel):
         self.peak_prompt_tokens = max(self.peak_prompt_tokens, prompt)
         self.calls += 1
         self.calls_this_generation += 1
+        self._add_spend(usage, model)
+
+    def _add_spend(self, usage: TokenUsage, model: str) -> None:
+        """A used call's usage into the per-field stats, USD and 1-hour cache writes."""
         for f in USAGE_FIELDS:
             self.stats[f].add(getattr(usage, f))
         self.cost_usd += usage_cost_usd(usage, model)
@@ -406,12 +410,7 @@ class TokenLedger(DurableModel):
         self.calls_this_generation += 1
         self.note_calls += 1
         self.peak_prompt_tokens = max(self.peak_prompt_tokens, usage.prompt_tokens)
-        for f in USAGE_FIELDS:
-            self.stats[f].add(getattr(usage, f))
-        self.cost_usd += usage_cost_usd(usage, model)
-        for kind, usd in usage_cost_by_kind(usage, model).items():
-            self.cost_by_kind[kind] = self.cost_by_kind.get(kind, 0.0) + usd
-        self.cache_write_1h_tokens += usage.cache_creation_1h_input_tokens
+        self._add_spend(usage, model)
 
     def record_lost(self, usage: TokenUsage, model: str, answers: int = 1) -> None:
         """Add answers billed but lost: spend only, no occupancy or calibration."""

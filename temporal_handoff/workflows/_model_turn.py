@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -86,6 +86,41 @@ def occupancy_fit(ledger: TokenLedger, model: str) -> ModelFit | None:
     """The fit the pre-flight uses (None: the ratio-only calibration, for sessions
     recorded before the fit)."""
     return ledger.fit_for(model) if workflow.patched(OCCUPANCY_FIT_PATCH) else None
+
+
+def model_request(
+    cfg: SessionConfig,
+    ledger: TokenLedger,
+    model: str,
+    *,
+    system: list[dict[str, Any]],
+    messages: list[dict[str, Any]],
+    tools: list[ToolSpec],
+    max_tokens: int,
+    turn: int,
+    generation: int,
+    known_upto: int,
+    preflight_limit: int,
+    cache_ttl: Literal["5m", "1h"] | None = None,
+) -> ModelRequest:
+    """A `call_model` input on the session's ledger: the conversation's turns and the
+    handoff note's turn alike (what is new since the last call, calibration, fit)."""
+    return ModelRequest(
+        model=model,
+        system=system,
+        messages=messages,
+        tools=tools,
+        max_tokens=max_tokens,
+        turn=turn,
+        generation=generation,
+        known_occupancy=ledger.occupancy,
+        new_from_index=known_upto if ledger.occupancy else 0,
+        calibration=ledger.calibration,
+        preflight_limit=preflight_limit,
+        fit=occupancy_fit(ledger, model),
+        stream_threshold=cfg.stream_threshold,
+        cache_ttl=cache_ttl,
+    )
 
 
 def record_call(ledger: TokenLedger, model: str, resp: ModelResponse) -> None:

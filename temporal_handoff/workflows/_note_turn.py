@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
         request_text,
     )
     from temporal_handoff.schemas.config import SessionConfig
-    from temporal_handoff.schemas.model_io import ModelRequest, ModelResponse, ToolSpec
+    from temporal_handoff.schemas.model_io import ModelResponse, ToolSpec
     from temporal_handoff.schemas.tokens import TokenLedger
     from temporal_handoff.workflows import _model_turn as turn_io
 
@@ -114,20 +114,10 @@ async def note_turn(
         return NoteOutcome(
             skipped=f"no room: ~{estimate} prompt tokens + {max_tokens} > window {window}"
         )
-    req = ModelRequest(
-        model=model,
-        system=system,
-        messages=asked,
-        tools=tools,
-        max_tokens=max_tokens,
-        turn=turn,
-        generation=generation,
-        known_occupancy=ledger.occupancy,
-        new_from_index=known_upto if ledger.occupancy else 0,
-        calibration=ledger.calibration,
+    req = turn_io.model_request(
+        cfg, ledger, model, system=system, messages=asked, tools=tools,
+        max_tokens=max_tokens, turn=turn, generation=generation, known_upto=known_upto,
         preflight_limit=limit,
-        fit=turn_io.occupancy_fit(ledger, model),
-        stream_threshold=cfg.stream_threshold,
     )
     # Each attempt is bounded like any model call; all of them by the note's budget.
     timeout = timedelta(seconds=cfg.handoff_note_timeout_s)

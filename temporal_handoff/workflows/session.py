@@ -38,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
     from temporal_handoff.schemas.model_io import (
         ModelInfoRequest,
         ModelInfoResult,
-        ModelRequest,
         ModelResponse,
         ToolSpec,
         wire_content,
@@ -797,20 +796,18 @@ class AgentSessionWorkflow:
             limit = min(limit, window - max_tokens)
         self._last_max_tokens = max_tokens
         ttl = self._cache.choose(self._cfg, self._ledger, self._fixed_tokens)
-        req = ModelRequest(
-            model=self._model,
+        req = turn_io.model_request(
+            self._cfg,
+            self._ledger,
+            self._model,
             system=self._system(self._inp.handoff),
             messages=self._messages,
             tools=self._tools(),
             max_tokens=max_tokens,
             turn=self._turn,
             generation=self._generation,
-            known_occupancy=self._ledger.occupancy,
-            new_from_index=self._known_upto if self._ledger.occupancy else 0,
-            calibration=self._ledger.calibration,
+            known_upto=self._known_upto,
             preflight_limit=limit,
-            fit=turn_io.occupancy_fit(self._ledger, self._model),
-            stream_threshold=self._cfg.stream_threshold,
             cache_ttl=ttl.ttl if ttl is not None else None,
         )
         out = await turn_io.call_model(
