@@ -19,13 +19,16 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest_asyncio
+from temporalio.client import Client, WorkflowHandle
 
 from temporal_handoff.devloop import DevLoop, dev_loop
 from temporal_handoff.schemas.config import SessionConfig
 from temporal_handoff.schemas.handoff import HandoffPayload
+from temporal_handoff.schemas.project import ProjectState
 from temporal_handoff.schemas.session import (
     AbortArgs,
     DecideArgs,
@@ -93,6 +96,19 @@ async def find_in_payloads(page: object, text: str, *, in_string: bool = False) 
     )
 
 
+async def start_named(
+    client: Client, wid: str, task_queue: str, project: ProjectState, name: str,
+    config: SessionConfig,
+) -> WorkflowHandle[Any, SessionResult]:
+    """A session on `project` renamed `name` (the AgentProject the UI is queried by)."""
+    return await client.start_workflow(
+        "AgentSessionWorkflow",
+        SessionInput(config=config, project=project.model_copy(update={"name": name})),
+        id=wid, task_queue=task_queue, result_type=SessionResult,
+        static_summary=f"agent session: {name}",
+    )
+
+
 def _store(loop: DevLoop) -> dict[str, object]:
     """Worker options: the loop's content store (conversations out of history)."""
     return {"storage": external_storage(loop.storage_dir)}
@@ -113,14 +129,9 @@ async def test_ui_shows_session_children_and_search_attributes(ui_env: DevLoop) 
         brain=ScriptedAgentBrain(tasks_per_turn=2), context_windows={"claude-sonnet-4-6": WINDOW}
     ) as fake:
         async with running_worker(client, task_queue, fake.base_url, **_store(ui_env)):  # type: ignore[arg-type]
-            handle = await client.start_workflow(
-                "AgentSessionWorkflow",
-                SessionInput(
-                    config=SessionConfig(context_window=WINDOW, max_tokens=300, user="ui-tester"),
-                    project=synthetic_project(30, 3).model_copy(update={"name": project}),
-                ),
-                id=wid, task_queue=task_queue, result_type=SessionResult,
-                static_summary=f"agent session: {project}",
+            handle = await start_named(
+                client, wid, task_queue, synthetic_project(30, 3), project,
+                SessionConfig(context_window=WINDOW, max_tokens=300, user="ui-tester"),
             )
             result = await handle.result()
     gens = result.generation
@@ -196,14 +207,9 @@ async def test_ui_reads_handoff_document_and_successor_input_from_store(ui_env: 
     brain = ScriptedAgentBrain(tasks_per_turn=2, blocker_every=4, decision_every=0)
     with FakeAnthropicServer(brain=brain, context_windows={"claude-sonnet-4-6": 20_000}) as fake:
         async with running_worker(client, task_queue, fake.base_url, **_store(ui_env)):  # type: ignore[arg-type]
-            handle = await client.start_workflow(
-                "AgentSessionWorkflow",
-                SessionInput(
-                    config=SessionConfig(context_window=20_000, user="ui-doc"),
-                    project=synthetic_project(40, 4).model_copy(update={"name": f"ui-doc-{tag}"}),
-                ),
-                id=wid, task_queue=task_queue, result_type=SessionResult,
-                static_summary=f"agent session: ui-doc-{tag}",
+            handle = await start_named(
+                client, wid, task_queue, synthetic_project(40, 4), f"ui-doc-{tag}",
+                SessionConfig(context_window=20_000, user="ui-doc"),
             )
             # A human answers the first blocker; the second stays open; then a handoff.
             st = await wait_status(client, wid, lambda s: bool(s.open_blockers), "a first blocker")
@@ -300,14 +306,9 @@ async def test_ui_finds_a_waiting_session_with_the_needs_human_query(ui_env: Dev
     query = f"NeedsHuman = true AND ExecutionStatus = 'Running' AND AgentProject = 'ui-wait-{tag}'"
     with FakeAnthropicServer(brain=brain, context_windows={"claude-sonnet-4-6": 20_000}) as fake:
         async with running_worker(client, task_queue, fake.base_url, **_store(ui_env)):  # type: ignore[arg-type]
-            handle = await client.start_workflow(
-                "AgentSessionWorkflow",
-                SessionInput(
-                    config=SessionConfig(context_window=20_000, user="ui-wait"),
-                    project=synthetic_project(12, 2).model_copy(update={"name": f"ui-wait-{tag}"}),
-                ),
-                id=wid, task_queue=task_queue, result_type=SessionResult,
-                static_summary=f"agent session: ui-wait-{tag}",
+            handle = await start_named(
+                client, wid, task_queue, synthetic_project(12, 2), f"ui-wait-{tag}",
+                SessionConfig(context_window=20_000, user="ui-wait"),
             )
             st = await wait_status(client, wid, lambda s: bool(s.open_blockers), "a blocker")
             async with async_playwright() as pw:
