@@ -133,25 +133,31 @@ async def _decide_and_flush(client: Client, handle: WorkflowHandle) -> None:
     await wait_status(client, wid, lambda s: s.generation >= 1, "the handoff")
 
 
+async def _roomy_and_tight(
+    client: Client, task_queue: str, roomy_prefix: str, tight_prefix: str
+) -> tuple[WorkflowHandle, WorkflowHandle]:
+    """Two sessions at the minimal level, each handed off after a human decision: one
+    whose critical items fit once the level escalates (the decision is clipped at the
+    minimal level), one whose budgets hold only ids (a probe miss)."""
+    roomy = await start_session(
+        client, task_queue, synthetic_project(12, 2), prefix=roomy_prefix,
+        compression_level="minimal",
+    )
+    tight = await start_session(
+        client, task_queue, synthetic_project(12, 2), prefix=tight_prefix,
+        compression_level="minimal", level_budgets=TINY,
+    )
+    await asyncio.gather(_decide_and_flush(client, roomy), _decide_and_flush(client, tight))
+    return roomy, tight
+
+
 async def test_the_handoff_child_escalates_or_records_before_the_successor_starts(
     client: Client, task_queue: str
 ) -> None:
     brain = RecordingBrain(ScriptedAgentBrain(blocker_every=4, decision_every=0))
     with FakeAnthropicServer(brain=brain) as fake:
         async with running_worker(client, task_queue, fake.base_url):
-            # One session asks for the minimal level (the decision is clipped there),
-            # one has budgets that hold only ids.
-            roomy = await start_session(
-                client, task_queue, synthetic_project(12, 2), prefix="probe-esc",
-                compression_level="minimal",
-            )
-            tight = await start_session(
-                client, task_queue, synthetic_project(12, 2), prefix="probe-miss",
-                compression_level="minimal", level_budgets=TINY,
-            )
-            await asyncio.gather(
-                _decide_and_flush(client, roomy), _decide_and_flush(client, tight)
-            )
+            roomy, tight = await _roomy_and_tight(client, task_queue, "probe-esc", "probe-miss")
             payloads: list[HandoffPayload] = []
             memos = []
             for h in (roomy, tight):
@@ -195,17 +201,7 @@ async def test_probe_misses_are_a_search_attribute(
     brain = ScriptedAgentBrain(blocker_every=4, decision_every=0)
     with FakeAnthropicServer(brain=brain) as fake:
         async with running_worker(client, task_queue, fake.base_url):
-            roomy = await start_session(
-                client, task_queue, synthetic_project(12, 2), prefix="sa-clean",
-                compression_level="minimal",
-            )
-            tight = await start_session(
-                client, task_queue, synthetic_project(12, 2), prefix="sa-miss",
-                compression_level="minimal", level_budgets=TINY,
-            )
-            await asyncio.gather(
-                _decide_and_flush(client, roomy), _decide_and_flush(client, tight)
-            )
+            roomy, tight = await _roomy_and_tight(client, task_queue, "sa-clean", "sa-miss")
             both = f"WorkflowId IN ('{roomy.id}', '{tight.id}')"
             await _until_listed(env, f"{both} AND HandoffProbeMisses > 0")
             await _until_listed(env, f"{both} AND HandoffProbeMisses = 0")
